@@ -17,6 +17,7 @@ from .errors import DepthpruneError
 COMMANDS = {
     "info": "depthprune.commands.info",
     "prune": "depthprune.commands.prune",
+    "run": "depthprune.commands.run",
 }
 
 
