@@ -18,6 +18,7 @@ COMMANDS = {
     "info": "depthprune.commands.info",
     "prune": "depthprune.commands.prune",
     "run": "depthprune.commands.run",
+    "report": "depthprune.commands.report",
 }
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DepthpruneError
+from .saving import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -255,4 +256,6 @@ def run_recipe(recipe: Recipe | str | Path, output: str | Path | None = None, fo
             latest_scores = step_dir / "scores.json"
         if step.verb in MODEL_PRODUCING:
             model = str(step_dir)
+        if not dry_run:   # the report reads the commands from here (provenance of every number)
+            write_json_atomic(run_dir / "run.json", {"recipe": recipe.source, "steps": record, "model": model})
     return {"run_dir": str(run_dir), "steps": record, "model": model}
