@@ -73,8 +73,8 @@ def _closest(word: str, options) -> str:
 def _verb_parser(verb: str) -> tuple[argparse.ArgumentParser, object]:
     from .cli import COMMANDS
 
-    if verb not in COMMANDS or verb in ("run", "sweep", "info"):
-        runnable = [v for v in COMMANDS if v not in ("run", "sweep", "info")]
+    if verb not in COMMANDS or verb in ("run", "info"):
+        runnable = [v for v in COMMANDS if v not in ("run", "info")]
         raise DepthpruneError(f"unknown recipe step {verb!r}; valid steps: {', '.join(runnable)}"
                               f"{_closest(verb, runnable)}")
     module = importlib.import_module(COMMANDS[verb])
@@ -112,7 +112,12 @@ def step_argv(step: RecipeStep, model: str | None, output: str | None, extra: di
             valid = sorted(d for d, a in actions.items() if a.option_strings and d not in RUNNER_OWNED | {"help"})
             raise DepthpruneError(f"recipe step {step.index} ({step.verb}): unknown option {key!r}; valid: "
                                   f"{', '.join(valid)}{_closest(dest, valid)}")
-        flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
+        flag = next(o for o in action.option_strings if o.startswith("--"))
+        if isinstance(action, argparse.BooleanOptionalAction):
+            if not isinstance(value, bool):
+                raise DepthpruneError(f"recipe step {step.index} ({step.verb}): {key!r} is a switch; write true/false")
+            argv.append(flag if value else f"--no-{flag[2:]}")
+            continue
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
             if not isinstance(value, bool):
                 raise DepthpruneError(f"recipe step {step.index} ({step.verb}): {key!r} is a switch; write true/false")
@@ -198,6 +203,8 @@ def validate_recipe(recipe: Recipe) -> None:
     for step in recipe.steps:
         extra = _defaults_for(step, recipe.defaults)
         unused -= set(extra)
+        if step.verb == "report":
+            extra["run_dirs"] = ["RUN"]
         parse_step(step, recipe.model, "RUN/step", extra)
     if unused:
         raise DepthpruneError(f"recipe: defaults {sorted(unused)} are accepted by no step; remove them")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
 
@@ -121,3 +122,13 @@ def test_hf_dataset_offline_fails_with_a_hint(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DepthpruneError, match="local file|builtin"):
         load_texts("hf:definitely/not-a-dataset-xyz")
+
+
+def test_chat_template_wraps_each_document(tiny_tokenizer):
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    with pytest.raises(DepthpruneError, match="no chat template"):
+        tokenize_blocks(DOCS, tokenizer, samples=1, seq_len=8, chat_template=True)
+    tokenizer.chat_template = "{% for m in messages %}<s>user: {{ m['content'] }}</s>{% endfor %}"
+    blocks = tokenize_blocks(DOCS[:1], tokenizer, samples=1, seq_len=8, chat_template=True)
+    expected = tokenizer("<s>user: " + DOCS[0] + "</s>\n\n", add_special_tokens=False)["input_ids"][:8]
+    assert blocks[0].tolist() == expected and expected[0] == tokenizer.bos_token_id
