@@ -178,9 +178,13 @@ def _evaluation_tables(steps: list[StepArtifacts]) -> list[Table]:
     for column, step in enumerate(evals):
         results = step.json["results.json"]
         for name, entry in (results.get("perplexity") or {}).items():
-            if isinstance(entry, dict):
-                key = f"{name} (seq_len {entry.get('seq_len', '?')})"
-                ppl_rows.setdefault(key, ["—"] * len(evals))[column] = _fmt(entry.get("ppl"))
+            if not isinstance(entry, dict):
+                continue
+            # one window length: {"ppl", "seq_len", ...}; several: {"128": {...}, "2048": {...}}
+            per_length = [entry] if "ppl" in entry else [v for v in entry.values() if isinstance(v, dict)]
+            for sub in per_length:
+                key = f"{name} (seq_len {sub.get('seq_len', '?')})"
+                ppl_rows.setdefault(key, ["—"] * len(evals))[column] = _fmt(sub.get("ppl"))
         for task, entry in (results.get("tasks") or {}).items():
             if isinstance(entry, dict):
                 for metric in ("acc", "acc_norm"):

@@ -39,7 +39,9 @@ def run_dir(tmp_path):
         "base_model": "tiny", "method": "bi", "num_layers_original": 4, "num_layers": 3,
         "removed_layers": [1], "kept_layers": [0, 2, 3]}))
     (dense / "results.json").write_text(json.dumps({
-        "model": "tiny", "perplexity": {"wikitext2": {"ppl": 40.9, "seq_len": 256, "tokens": 1000}},
+        "model": "tiny", "perplexity": {"wikitext2": {"ppl": 40.9, "seq_len": 256, "tokens": 1000},
+                                        "ptb": {"128": {"ppl": 77.5, "seq_len": 128}, "2048": {"ppl": 55.25,
+                                                                                             "seq_len": 2048}}},
         "tasks": {"piqa": {"acc": 0.61, "acc_norm": 0.62, "n": 100}}}))
     (evaluate / "results.json").write_text(json.dumps({
         "model": "run/03-prune", "perplexity": {"wikitext2": {"ppl": 136.0, "seq_len": 256, "tokens": 1000}},
@@ -56,6 +58,7 @@ def test_report_has_every_table_image_and_provenance(run_dir, tmp_path):
     assert page.count("data:image/png;base64,") == 2
     assert "136" in page and "40.9" in page                       # dense and pruned side by side
     assert "wikitext2 (seq_len 256)" in page
+    assert "<td>ptb (seq_len 128)</td><td>77.5</td><td>—</td>" in page and "<td>55.25</td>" in page
     assert "01-score/scores.json" in page and "depthprune prune tiny --method bi --n 1" in page
     # least-important ranking by BI: 1 (0.1), 2 (0.3), 0 (0.5), 3 (0.9)
     assert re.search(r"<td>bi</td><td>1</td><td>2</td><td>0</td><td>3</td>", page)
