@@ -19,6 +19,7 @@ COMMANDS = {
     "prune": "depthprune.commands.prune",
     "run": "depthprune.commands.run",
     "report": "depthprune.commands.report",
+    "heal": "depthprune.commands.heal",
 }
 
 

@@ -1,0 +1,268 @@
+"""``depthprune heal``: train a pruned model back to health and save it as an ordinary checkpoint."""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..data import DataSpec, load_texts, tokenize_blocks
+from ..errors import DepthpruneError
+from ..loading import LoadedModel, load_model
+from ..saving import check_output_dir, read_metadata, save
+from .config import HealConfig, build_config
+from .distill import load_teacher, parameter_bytes, teacher_source
+from .full import make_all_trainable
+from .lora import adapter_state, apply_lora, effective_method, load_qlora_base, merge_adapter_into
+from .trainer import TrainResult, make_accelerator, train
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class HealResult:
+    """What ``heal`` did: the healed (merged) model, the run's record, and where it was saved."""
+
+    model: torch.nn.Module
+    config: HealConfig
+    train: TrainResult
+    metadata: dict
+    output: Path | None
+
+
+def default_checkpoint_dir(output: str | Path) -> Path:
+    """Checkpoints live beside the output (``OUT.checkpoints``) until the final model is saved."""
+    output = Path(output)
+    return output.with_name(output.name + ".checkpoints")
+
+
+def healing_blocks(spec: DataSpec, tokenizer, needed: int, eval_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed causal-LM blocks: ``spec.samples`` (or ``needed`` when 0) for training, then ``eval_samples`` held out.
+
+    Both come from one tokenised stream of the shuffled documents, so held-out blocks never overlap training ones.
+    """
+    train_count = spec.samples or needed
+    texts = load_texts(spec.source, spec.text_field)
+    if not texts:
+        raise DepthpruneError(f"data {spec.source!r} holds no text")
+    blocks = tokenize_blocks(texts, tokenizer, train_count + eval_samples, spec.seq_len, spec.seed,
+                             spec.chat_template, spec.source)
+    return blocks[:train_count], blocks[train_count:]
+
+
+def curve_png(result: TrainResult, title: str) -> bytes:
+    """The loss curve (training loss per step, held-out loss at its steps) as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    steps = range(1, len(result.state.train_losses) + 1)
+    axis.plot(steps, result.state.train_losses, label="training loss", linewidth=1)
+    if result.state.eval_losses:
+        eval_steps, eval_values = zip(*result.state.eval_losses)
+        axis.plot(eval_steps, eval_values, "o-", label="held-out loss")
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("loss (nats/token)")
+    axis.set_title(title)
+    axis.legend()
+    axis.grid(alpha=0.3)
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def provenance(loaded: LoadedModel, num_layers: int) -> dict:
+    """The pruning provenance carried over from the input checkpoint (or that of an unpruned model)."""
+    parent = read_metadata(loaded.checkpoint_dir)
+    if parent is None:
+        return {"base_model": loaded.description, "num_layers_original": num_layers,
+                "kept_layers": list(range(num_layers)), "removed_layers": [], "method": "none"}
+    carried = {k: v for k, v in parent.items() if k not in ("created", "depthprune_version", "requires", "healing")}
+    carried["parent_model"] = loaded.description
+    if "healing" in parent:
+        carried["parent_healing"] = parent.get("parent_healing", []) + [parent["healing"]]
+    return carried
+
+
+def heal(model: str | LoadedModel, data: str | DataSpec = "builtin", output: str | Path | None = None,
+         method: str | None = None, preset: str | None = None, teacher: str | None = None,
+         config_file: str | None = None, keep_adapter: bool = False, resume: bool = False, force: bool = False,
+         checkpoint_dir: str | Path | None = None, dtype="float32", cpu: bool = False,
+         mixed_precision: str | None = None, trust_remote_code: bool = False, progress: bool = True,
+         callback=None, **settings) -> HealResult:
+    """Heal a (pruned) model with LoRA, QLoRA, continued pretraining or distillation; save it merged.
+
+    Args:
+        model: anything :func:`depthprune.load_model` accepts (a pruned checkpoint folder, typically).
+        data: a data SPEC (see :mod:`depthprune.data`) or a :class:`DataSpec`; ``samples=0`` means "as many
+            blocks as the step budget needs".
+        output: destination folder (written atomically; refused if it exists unless ``force``).
+        method: ``lora`` | ``qlora`` | ``full`` | ``distill`` (default: the preset's, else lora).
+        preset: ``gromov-lora``, ``gromov-qlora``, ``shortened-lora``, ``shortened-cpt``, ``layerchop-cpt``,
+            ``minitron-kd`` (default: the method's paper recipe).
+        teacher: the unpruned model for distillation (default: ``base_model`` in the checkpoint's depthprune.json).
+        config_file: a YAML file of :class:`HealConfig` settings (between the preset and explicit settings).
+        keep_adapter: also save the LoRA adapter alone under ``adapter/``.
+        resume: continue from the latest checkpoint in ``checkpoint_dir``.
+        checkpoint_dir: where ``--save-every`` checkpoints go (default ``OUTPUT.checkpoints``; removed on success).
+        cpu: train on the CPU even when a GPU is present.
+        mixed_precision: ``no``, ``bf16`` or ``fp16`` (default: accelerate's configuration).
+        callback: called as ``callback(step, loss)`` after every optimizer step (logging, early stopping).
+        settings: any :class:`HealConfig` field (``rank``, ``lr``, ``max_steps``, ``tokens``, ...).
+
+    Returns:
+        A :class:`HealResult`.
+    """
+    spec = data if isinstance(data, DataSpec) else DataSpec(source=str(data), samples=0)
+    settings.setdefault("seq_len", spec.seq_len if isinstance(data, DataSpec) else None)
+    settings.setdefault("seed", spec.seed if isinstance(data, DataSpec) else None)
+    config = build_config(preset=preset, config_file=config_file, method=method, **settings)
+    spec = DataSpec(**{**spec.__dict__, "seq_len": config.seq_len, "seed": config.seed})
+    if output is None:
+        raise DepthpruneError("no --output given; name the folder for the healed model")
+    output = Path(output)
+    check_output_dir(output, force)       # fail before loading anything
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else default_checkpoint_dir(output)
+    if not resume and checkpoint_dir.exists() and any(checkpoint_dir.iterdir()):
+        if not force:
+            raise DepthpruneError(f"{checkpoint_dir} holds checkpoints of an earlier run; pass --resume to continue "
+                                  "it or --force to start afresh")
+    if config.method == "distill" and keep_adapter:
+        raise DepthpruneError("--keep-adapter needs --method lora or qlora (distillation trains all weights)")
+    if config.method == "full" and keep_adapter:
+        raise DepthpruneError("--keep-adapter needs --method lora or qlora (full training has no adapter)")
+    run_method = effective_method(config)   # refuses QLoRA without CUDA unless --qlora-fallback
+
+    accelerator = make_accelerator(config, cpu=cpu, mixed_precision=mixed_precision)
+    if run_method == "qlora" and _sharded(accelerator):
+        raise DepthpruneError("QLoRA under FSDP/DeepSpeed is not supported; launch it data-parallel "
+                              "(examples/accelerate/ddp.yaml) or use --method lora")
+    if accelerator.is_main_process and not resume and checkpoint_dir.exists():
+        shutil.rmtree(checkpoint_dir)
+    accelerator.wait_for_everyone()
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype,
+                                                                      trust_remote_code=trust_remote_code)
+    from ..adapter import ModelAdapter
+
+    num_layers = ModelAdapter(loaded.model).num_layers
+    recipe_metadata = provenance(loaded, num_layers)
+
+    teacher_model, teacher_name = None, None
+    if config.method == "distill":
+        teacher_name = teacher_source(loaded, teacher)
+        vocab = loaded.model.get_output_embeddings().weight.shape[0]
+        teacher_model = load_teacher(teacher_name, vocab, dtype=dtype, trust_remote_code=trust_remote_code).model
+
+    from accelerate.utils import set_seed
+
+    set_seed(config.seed)   # LoRA's initial A matrices and dropout masks: the same run gives the same model
+    if run_method == "qlora":
+        if loaded.checkpoint_dir is None:
+            raise DepthpruneError("QLoRA reloads the model in 4 bits from a checkpoint folder; save the model first")
+        student = load_qlora_base(loaded.checkpoint_dir, accelerator.local_process_index, trust_remote_code)
+        student = apply_lora(student, config)
+    elif run_method == "lora":
+        student = apply_lora(loaded.model, config)
+    else:
+        student = make_all_trainable(loaded.model)
+
+    needed = config.resolve_steps(accelerator.num_processes) * config.grad_accum * config.batch_size * \
+        accelerator.num_processes
+    train_blocks, eval_blocks = healing_blocks(spec, loaded.tokenizer, needed, config.eval_samples)
+    result = train(student, train_blocks, eval_blocks, config, accelerator=accelerator,
+                   checkpoint_dir=checkpoint_dir, resume=resume, teacher=teacher_model, callback=callback,
+                   progress=progress)
+
+    healed, extra_files = _finalize(result, run_method, config, loaded, accelerator, keep_adapter, trust_remote_code)
+    state = result.state
+    healing = {
+        "method": config.method, "method_run": run_method, "preset": config.preset, "recipe": config.to_dict(),
+        "warmup_steps_used": result.warmup_steps, "data": spec.describe() | {"samples": len(train_blocks),
+                                                                              "eval_samples": len(eval_blocks)},
+        "steps": state.step, "tokens_seen": state.tokens_seen, "num_processes": state.num_processes,
+        "tokens_per_second": result.tokens_per_second, "resumed_from_step": result.resumed_from,
+        "final_train_loss": state.train_losses[-1] if state.train_losses else None,
+        "initial_eval_loss": state.eval_losses[0][1] if state.eval_losses else None,
+        "final_eval_loss": state.eval_losses[-1][1] if state.eval_losses else None,
+        "train_losses": state.train_losses, "eval_losses": state.eval_losses,
+        "teacher": teacher_name,
+        "teacher_weight_bytes": parameter_bytes(teacher_model) if teacher_model is not None else None,
+    }
+    metadata = {**recipe_metadata, "healing": healing}
+    if accelerator.is_main_process:
+        extra_files["loss_curve.png"] = curve_png(result, f"{config.preset or config.method} on "
+                                                          f"{Path(spec.source).name}")
+        save(healed, loaded.tokenizer, output, metadata=metadata, force=force, extra_files=extra_files)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return HealResult(model=healed, config=config, train=result, metadata=metadata,
+                      output=output)
+
+
+def _finalize(result: TrainResult, run_method: str, config: HealConfig, loaded: LoadedModel, accelerator,
+              keep_adapter: bool, trust_remote_code: bool) -> tuple[torch.nn.Module, dict]:
+    """Merge adapters into the weights (QLoRA: into a full-precision reload) and collect the adapter files."""
+    extra_files: dict = {}
+    model = result.model
+    if _sharded(accelerator):
+        model = _gathered_copy(result, run_method, config, loaded, accelerator, trust_remote_code)
+        if model is None:          # not the main process: nothing to save here
+            return result.model, extra_files
+    if run_method not in ("lora", "qlora"):
+        model.requires_grad_(False)
+        return model.eval(), extra_files
+    state = adapter_state(model)
+    if keep_adapter:
+        extra_files.update(_adapter_files(model))
+    if run_method == "qlora" and not _sharded(accelerator):
+        base = load_model(loaded.checkpoint_dir, dtype="float32", trust_remote_code=trust_remote_code).model
+        merged = merge_adapter_into(base, config, state)
+    else:
+        merged = model.merge_and_unload()
+    merged.requires_grad_(False)
+    return merged.eval(), extra_files
+
+
+def _sharded(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def _gathered_copy(result: TrainResult, run_method: str, config: HealConfig, loaded: LoadedModel, accelerator,
+                   trust_remote_code: bool):
+    """Under FSDP/DeepSpeed the weights are sharded: gather the full state dict (a collective call on every
+    process) and load it, on the main process, into a fresh CPU copy of the same model (LoRA-wrapped for LoRA)."""
+    state = accelerator.get_state_dict(result.prepared_model)
+    if not accelerator.is_main_process:
+        return None
+    if loaded.checkpoint_dir is None:
+        raise DepthpruneError("sharded healing rebuilds the model from its checkpoint folder; save the model first")
+    fresh = load_model(loaded.checkpoint_dir, dtype="float32", trust_remote_code=trust_remote_code).model
+    if run_method in ("lora", "qlora"):
+        fresh = apply_lora(fresh, config)
+    outcome = fresh.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    missing = [k for k in outcome.missing_keys if not k.endswith("lm_head.weight")]   # tied heads may be omitted
+    if missing or outcome.unexpected_keys:
+        raise DepthpruneError(f"the gathered weights do not fit the model (missing {missing[:2]}, unexpected "
+                              f"{outcome.unexpected_keys[:2]}); use DDP (examples/accelerate/ddp.yaml)")
+    fresh.tie_weights()
+    return fresh
+
+
+def _adapter_files(peft_model) -> dict:
+    """The files of peft's own ``save_pretrained`` (adapter config and weights), to be placed under ``adapter/``."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        peft_model.save_pretrained(folder)
+        return {f"adapter/{path.name}": path.read_bytes() for path in sorted(Path(folder).iterdir())
+                if path.is_file()}
