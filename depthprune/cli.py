@@ -20,6 +20,7 @@ COMMANDS = {
     "run": "depthprune.commands.run",
     "report": "depthprune.commands.report",
     "heal": "depthprune.commands.heal",
+    "collapse": "depthprune.commands.collapse",
 }
 
 
