@@ -20,6 +20,20 @@ def _isolated_cache(tmp_path_factory):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _one_thread_for_tiny_models(request):
+    """Tiny models gain nothing from threads, and on a busy 2-core machine two threads run ~50x slower than one."""
+    import torch
+
+    if request.node.get_closest_marker("integration"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def build_tiny_tokenizer(vocab_size: int = 512):
     """A byte-level BPE tokenizer trained on CPython's docs: no downloads, ids < vocab_size, BOS/EOS/PAD set."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
