@@ -21,6 +21,7 @@ COMMANDS = {
     "report": "depthprune.commands.report",
     "heal": "depthprune.commands.heal",
     "collapse": "depthprune.commands.collapse",
+    "eval": "depthprune.commands.eval",
 }
 
 

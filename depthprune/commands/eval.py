@@ -1,0 +1,74 @@
+"""Evaluate a model: token perplexity, zero-/few-shot multiple choice scored as lm-evaluation-harness does, speed.
+
+Writes OUTPUT/results.json and OUTPUT/results.md and prints the table. Offline data (--data-dir) uses one folder
+per task in the original release formats, as ../shared/data: wikitext2/wiki.test.raw, ptb/ptb.test.txt,
+c4/*.jsonl, boolq/val.jsonl, piqa/valid.jsonl + valid-labels.lst, hellaswag/, winogrande/dev.jsonl +
+dev-labels.lst, arc_easy/ARC-Easy-Test.jsonl, arc_challenge/ARC-Challenge-Test.jsonl, openbookqa/test.tsv,
+mmlu/{dev,test}/*.csv.
+"""
+
+from __future__ import annotations
+
+from .common import add_model_arguments, add_output_arguments
+
+HELP = "evaluate perplexity, lm-eval-style multiple choice and speed"
+
+
+def _batch_sizes(text: str) -> list[int]:
+    from ..errors import DepthpruneError
+
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise DepthpruneError(f"--speed-batch-sizes takes integers separated by commas (got {text!r})") from None
+    if not sizes:
+        raise DepthpruneError("--speed-batch-sizes needs at least one batch size")
+    return sizes
+
+
+def add_arguments(parser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--ppl", default=None, metavar="NAMES", help="perplexity sources: wikitext2,ptb,c4")
+    parser.add_argument("--seq-len", default="2048", help="perplexity window length(s), e.g. 128,2048")
+    parser.add_argument("--ppl-max-windows", type=int, default=None, help="score only the first N windows")
+    parser.add_argument("--tasks", default=None, metavar="NAMES",
+                        help="boolq,piqa,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa,mmlu")
+    parser.add_argument("--num-fewshot", type=int, default=None,
+                        help="examples per prompt (default: each task's own; MMLU 5, others 0)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N items per task (per MMLU subject)")
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass for tasks")
+    parser.add_argument("--backend", default="local", choices=("local", "lm-eval"),
+                        help="local: offline evaluator; lm-eval: the harness itself on the same model wrapper")
+    parser.add_argument("--data-dir", default=None, help="offline data folder (e.g. ../shared/data)")
+    parser.add_argument("--speed", action="store_true", help="time prefill and KV-cached decode")
+    parser.add_argument("--compare", default=None, metavar="BASE",
+                        help="base model timed in the same process; reports speed ratios (implies --speed)")
+    parser.add_argument("--speed-batch-sizes", default="1,4", help="batch sizes to time")
+    parser.add_argument("--speed-prompt-len", type=int, default=128, help="prompt tokens for prefill timing")
+    parser.add_argument("--speed-new-tokens", type=int, default=32, help="decode steps for decode timing")
+    parser.add_argument("--speed-repeats", type=int, default=5, help="timed runs (median reported)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (on a shared machine 1 can be several times faster)")
+    add_output_arguments(parser)
+
+
+def run(args) -> int:
+    from ..evaluate.runner import evaluate, markdown_table, write_results
+    from ..saving import check_output_dir
+
+    check_output_dir(args.output, args.force)  # refuse before the slow part
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
+    results = evaluate(args.model, ppl=args.ppl, seq_len=args.seq_len, tasks=args.tasks,
+                       num_fewshot=args.num_fewshot, limit=args.limit, speed=args.speed, compare=args.compare,
+                       data_dir=args.data_dir, batch_size=args.batch_size, ppl_max_windows=args.ppl_max_windows,
+                       backend=args.backend, speed_batch_sizes=_batch_sizes(args.speed_batch_sizes),
+                       speed_prompt_len=args.speed_prompt_len, speed_new_tokens=args.speed_new_tokens,
+                       speed_repeats=args.speed_repeats, dtype=args.dtype, device=args.device,
+                       trust_remote_code=args.trust_remote_code)
+    write_results(results, args.output, force=args.force)
+    print(markdown_table(results))
+    print(f"saved to {args.output}")
+    return 0

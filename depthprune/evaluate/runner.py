@@ -1,0 +1,248 @@
+"""Run perplexity, multiple-choice tasks and speed on one model and write ``results.json`` plus a markdown table."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..errors import DepthpruneError
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("local", "lm-eval")
+
+
+def _split_names(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return [str(part) for part in value]
+
+
+def _seq_lens(value) -> list[int]:
+    try:
+        lengths = [int(part) for part in _split_names(value)] if not isinstance(value, int) else [value]
+    except ValueError:
+        raise DepthpruneError(f"--seq-len takes integers separated by commas, e.g. 128,2048 (got {value!r})") from None
+    if not lengths or min(lengths) < 2:
+        raise DepthpruneError(f"--seq-len needs lengths of at least 2 tokens (got {value!r})")
+    return lengths
+
+
+def _loaded(model, dtype, device, trust_remote_code):
+    from ..loading import LoadedModel, load_model
+
+    if isinstance(model, LoadedModel):
+        return model
+    return load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+
+
+def _run_lm_eval(lm, tasks: list[str], num_fewshot, limit, task_manager=None) -> tuple[dict, str]:
+    """Let lm-evaluation-harness itself run ``tasks`` on our wrapper (needs its datasets reachable).
+
+    Without ``num_fewshot`` each task gets our default (MMLU 5-shot as the papers; lm-eval's own MMLU default is 0),
+    so tasks are run in groups of equal shot count.
+    """
+    try:
+        import lm_eval
+    except ImportError:
+        raise DepthpruneError("--backend lm-eval needs lm-evaluation-harness: pip install 'depthprune[eval]'") \
+            from None
+    from .tasks import TASKS
+
+    by_shots: dict[int, list[str]] = {}
+    for task in tasks:
+        shots = num_fewshot if num_fewshot is not None else (TASKS[task].default_fewshot if task in TASKS else 0)
+        by_shots.setdefault(shots, []).append(task)
+    results = {}
+    for shots, names in by_shots.items():
+        try:
+            output = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=shots, limit=limit,
+                                             bootstrap_iters=0, log_samples=False, task_manager=task_manager)
+        except Exception as error:  # dataset downloads and task lookup fail in many ways; all need the same advice
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise DepthpruneError(f"lm-eval failed ({first}); offline? use --backend local with --data-dir") \
+                from None
+        # Groups (mmlu) report their aggregate under "groups"; plain tasks under "results".
+        reported = {**output.get("results", {}), **output.get("groups", {})}
+        for task in names:
+            metrics = reported.get(task, {})
+            entry = {name: value for key, value in metrics.items()
+                     for name, _, filter_name in [key.partition(",")]
+                     if filter_name == "none" and name in ("acc", "acc_norm")}
+            if not entry:
+                raise DepthpruneError(f"lm-eval returned no acc for {task!r}; check the task name")
+            entry["n"] = output.get("n-samples", {}).get(task, {}).get("effective")
+            entry["num_fewshot"] = shots
+            entry["backend"] = "lm-eval"
+            results[task] = entry
+    return results, getattr(lm_eval, "__version__", "unknown")
+
+
+def evaluate(model, ppl=None, seq_len=2048, tasks=None, num_fewshot: int | None = None, limit: int | None = None,
+             speed: bool = False, compare=None, data_dir=None, batch_size: int = 16, ppl_batch_size: int = 1,
+             ppl_max_windows: int | None = None, backend: str = "local", speed_batch_sizes=(1, 4),
+             speed_prompt_len: int = 128, speed_new_tokens: int = 32, speed_repeats: int = 5, dtype="float32",
+             device="cpu", trust_remote_code: bool = False) -> dict:
+    """Evaluate one model; the Python form of ``depthprune eval``.
+
+    Args:
+        model: a :class:`LoadedModel` or anything :func:`depthprune.load_model` accepts.
+        ppl: perplexity sources (``wikitext2``, ``ptb``, ``c4``), a list or a comma-separated string.
+        seq_len: window length(s) for perplexity, e.g. ``2048`` or ``"128,2048"``.
+        tasks: multiple-choice tasks (``boolq``, ``piqa``, ``hellaswag``, ``winogrande``, ``arc_easy``,
+            ``arc_challenge``, ``openbookqa``, ``mmlu``).
+        num_fewshot: examples per prompt; default each task's own (MMLU 5, the rest 0).
+        limit: only the first N items of each task (per subject for MMLU).
+        speed: time prefill and decode.
+        compare: a base model (spec or LoadedModel) timed in the same process; implies ``speed``.
+        data_dir: folder of offline data, one sub-folder per task/source in the original formats.
+        batch_size: sequences per forward pass for task scoring.
+        ppl_max_windows: score only the first N perplexity windows.
+        backend: ``local`` (our offline evaluator) or ``lm-eval`` (the harness itself, on the same wrapper).
+
+    Returns:
+        ``{"model", "perplexity": {name: {"ppl", "seq_len", "tokens", ...} or {seq_len: {...}}}, "tasks": {name:
+        {"acc", "acc_norm", "n", ...}}, "speed": {...}, "settings": {...}}``.
+    """
+    from .. import __version__
+    from ..loading import require_tokenizer
+    from .lm_wrapper import DepthpruneLM
+    from .multiple_choice import evaluate_task
+    from .perplexity import C4_WINDOWS, PPL_SOURCES, load_ppl_text, token_perplexity
+    from .tasks import get_task, load_task_docs
+
+    if backend not in BACKENDS:
+        raise DepthpruneError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    ppl_names, task_names = _split_names(ppl), _split_names(tasks)
+    task_configs = [get_task(name) for name in task_names]
+    lengths = _seq_lens(seq_len)
+    if task_configs and backend == "local" and data_dir is None:
+        raise DepthpruneError("tasks are read from --data-dir (one folder per task, original formats, e.g. "
+                              "../shared/data); pass it, or use --backend lm-eval when online")
+    if not (ppl_names or task_configs or speed or compare):
+        raise DepthpruneError("nothing to evaluate: pass --ppl, --tasks and/or --speed")
+    # Read every data file before loading the model: a missing file fails in a second, not after the load.
+    ppl_texts = {name: load_ppl_text(name, data_dir) for name in ppl_names}
+    task_docs = {task.name: load_task_docs(task, data_dir) for task in task_configs} if backend == "local" else {}
+
+    loaded = _loaded(model, dtype, device, trust_remote_code)
+    results: dict = {"model": loaded.description, "depthprune_version": __version__,
+                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    settings = {"backend": backend, "data_dir": str(data_dir) if data_dir is not None else None,
+                "num_fewshot": num_fewshot, "limit": limit, "batch_size": batch_size, "dtype": str(dtype)}
+
+    if ppl_names:
+        tokenizer = require_tokenizer(loaded)
+        results["perplexity"] = {}
+        for name in ppl_names:
+            windows = min(ppl_max_windows or C4_WINDOWS, C4_WINDOWS) if name == "c4" else ppl_max_windows
+            per_length = {}
+            for length in lengths:
+                per_length[length] = token_perplexity(loaded.model, tokenizer, ppl_texts[name], seq_len=length,
+                                                      batch_size=ppl_batch_size, max_windows=windows,
+                                                      desc=f"{name} ppl@{length}")
+                per_length[length]["source"] = (str(Path(data_dir) / PPL_SOURCES[name][0]) if data_dir is not None
+                                                else f"hf:{PPL_SOURCES[name][1][0]}")
+            # One length: {"ppl", "seq_len", ...} as the issue's schema; several: keyed by length.
+            results["perplexity"][name] = per_length[lengths[0]] if len(lengths) == 1 else \
+                {str(length): value for length, value in per_length.items()}
+        settings["ppl_max_windows"] = ppl_max_windows
+
+    if task_configs:
+        lm = DepthpruneLM(loaded.model, require_tokenizer(loaded), batch_size=batch_size)
+        if backend == "lm-eval":
+            results["tasks"], version = _run_lm_eval(lm, task_names, num_fewshot, limit)
+            settings["lm_eval_version"] = version
+        else:
+            results["tasks"] = {task.name: evaluate_task(lm, task, data_dir, num_fewshot=num_fewshot, limit=limit,
+                                                         docs=task_docs[task.name])
+                                for task in task_configs}
+
+    if speed or compare:
+        from .speed import compare_speed
+
+        base = _loaded(compare, dtype, device, trust_remote_code) if compare is not None else None
+        results["speed"] = compare_speed(loaded.model, base.model if base else None, batch_sizes=speed_batch_sizes,
+                                         prompt_len=speed_prompt_len, new_tokens=speed_new_tokens,
+                                         repeats=speed_repeats, checkpoint_dir=loaded.checkpoint_dir,
+                                         base_checkpoint_dir=base.checkpoint_dir if base else None)
+        if base is not None:
+            results["speed"]["base_model"] = base.description
+    results["settings"] = settings
+    return results
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(results: dict) -> str:
+    """Markdown tables of the perplexity, task and speed results (what ``depthprune eval`` prints)."""
+    lines = [f"# Evaluation of `{results.get('model', '?')}`", ""]
+    perplexities = results.get("perplexity") or {}
+    if perplexities:
+        lines += ["| data | seq_len | tokens | ppl |", "|---|---:|---:|---:|"]
+        for name, value in perplexities.items():
+            entries = [value] if "ppl" in value else list(value.values())
+            for entry in entries:
+                lines.append(f"| {name} | {entry['seq_len']} | {entry['tokens']} | {entry['ppl']:.3f} |")
+        lines.append("")
+    tasks = results.get("tasks") or {}
+    if tasks:
+        lines += ["| task | shots | n | acc | acc_norm | paper metric |", "|---|---:|---:|---:|---:|---|"]
+        for name, entry in tasks.items():
+            acc = entry.get("acc")
+            acc_norm = entry.get("acc_norm")
+            lines.append(f"| {name} | {_fmt(entry.get('num_fewshot'))} | {_fmt(entry.get('n'))} | "
+                         f"{_fmt(acc * 100 if acc is not None else None)} | "
+                         f"{_fmt(acc_norm * 100 if acc_norm is not None else None)} | "
+                         f"{entry.get('paper_metric', '-')} |")
+        lines += ["", "acc and acc_norm in percent.", ""]
+    speed = results.get("speed")
+    if speed:
+        model, base = speed["model"], speed.get("base")
+        lines += [f"Speed ({speed['settings']['prompt_len']}-token prompts, {speed['settings']['new_tokens']} "
+                  f"decode steps, median of {speed['settings']['repeats']}; {model['device']}, {model['dtype']}):", ""]
+        header = "| batch | prefill tok/s | decode tok/s |"
+        rule = "|---:|---:|---:|"
+        if base:
+            header += " base prefill tok/s | base decode tok/s | prefill x | decode x |"
+            rule += "---:|---:|---:|---:|"
+        lines += [header, rule]
+        for batch, entry in model["batches"].items():
+            row = f"| {batch} | {entry['prefill_tokens_per_s']:.1f} | {entry['decode_tokens_per_s']:.1f} |"
+            if base:
+                base_entry = base["batches"][batch]
+                ratio = speed["ratios"][batch]
+                row += (f" {base_entry['prefill_tokens_per_s']:.1f} | {base_entry['decode_tokens_per_s']:.1f} | "
+                        f"{ratio['prefill']:.3f} | {ratio['decode']:.3f} |")
+            lines.append(row)
+        lines.append("")
+        lines.append(f"Parameters {model['parameters']:,}; layers {model['num_layers']}; "
+                     f"checkpoint {model.get('checkpoint_bytes', 0) / 2**20:.1f} MiB; peak memory "
+                     f"{(model.get('peak_memory_bytes') or 0) / 2**20:.0f} MiB ({model['peak_memory_kind']}).")
+        if base:
+            ideal = speed["ideal"]
+            lines.append(f"Ideal speed-up: layers {_fmt(ideal.get('layers'), 3)}, weights read per token "
+                         f"{_fmt(ideal['weights_read'], 3)}.")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_results(results: dict, output, force: bool = False) -> Path:
+    """Write ``results.json`` and ``results.md`` into ``output`` atomically (refused if it exists without force)."""
+    from ..saving import atomic_output_dir, write_json_atomic
+
+    serialisable = copy.deepcopy(results)
+    with atomic_output_dir(output, force=force) as tmp:
+        write_json_atomic(tmp / "results.json", serialisable)
+        (tmp / "results.md").write_text(markdown_table(results))
+    return Path(output)

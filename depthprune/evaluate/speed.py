@@ -1,0 +1,195 @@
+"""Speed and size: parameters, checkpoint size, peak memory, prefill and KV-cached decode throughput.
+
+Timings are medians of ``repeats`` runs after ``warmup`` runs. ``compare_speed`` measures a model and its base in the
+same process, alternating between them run by run, and reports ratios: on a shared, noisy machine that is the
+honest comparison. Two ideals are reported beside the measured ratio: the layer ratio ``L / (L - n)`` and the ratio
+of weights read per generated token (decode streams every weight once, including the output head, which layer
+removal does not shrink).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import DepthpruneError
+
+
+def parameter_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def weights_read_per_token(model) -> int:
+    """Parameters a decode step reads: everything but the input embedding table (one row is read), counting a tied
+    output head once."""
+    embedding = model.get_input_embeddings()
+    head = model.get_output_embeddings()
+    total = parameter_count(model)
+    embed_params = sum(p.numel() for p in embedding.parameters()) if embedding is not None else 0
+    tied = head is not None and embedding is not None and head.weight is embedding.weight
+    return total if tied else total - embed_params
+
+
+def checkpoint_bytes(checkpoint_dir: str | Path | None, model=None) -> dict:
+    """Size of the weight files in ``checkpoint_dir``, or of the parameters in memory when there is none."""
+    if checkpoint_dir is not None and Path(checkpoint_dir).is_dir():
+        files = [p for p in Path(checkpoint_dir).iterdir()
+                 if p.suffix in (".safetensors", ".bin", ".gguf", ".pt") and p.is_file()]
+        if files:
+            return {"checkpoint_bytes": sum(p.stat().st_size for p in files), "checkpoint_size_from": "files"}
+    if model is None:
+        return {}
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    return {"checkpoint_bytes": size, "checkpoint_size_from": "parameters in memory"}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_rss_bytes() -> int:
+    # ru_maxrss is in KiB on Linux: the peak of the whole process, so it only ever grows.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@torch.no_grad()
+def _prefill_and_decode(model, batch_size: int, prompt_len: int, new_tokens: int, vocab: int,
+                        generator: torch.Generator) -> tuple[float, float]:
+    """Seconds for one prefill of ``(batch_size, prompt_len)`` and for ``new_tokens`` cached greedy decode steps."""
+    device = next(model.parameters()).device
+    prompt = torch.randint(0, vocab, (batch_size, prompt_len), generator=generator).to(device)
+    _sync(device)
+    start = time.perf_counter()
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    output = model(input_ids=prompt, use_cache=True, **extra)
+    _sync(device)
+    prefill = time.perf_counter() - start
+    cache = output.past_key_values
+    next_token = output.logits[:, -1:].argmax(dim=-1)  # (batch, 1)
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        output = model(input_ids=next_token, past_key_values=cache, use_cache=True)
+        cache = output.past_key_values
+        next_token = output.logits[:, -1:].argmax(dim=-1)
+    _sync(device)
+    decode = time.perf_counter() - start
+    return prefill, decode
+
+
+def _check_settings(batch_sizes, prompt_len, new_tokens, repeats, warmup) -> None:
+    if not batch_sizes or min(batch_sizes) < 1 or prompt_len < 1 or new_tokens < 1 or repeats < 1 or warmup < 0:
+        raise DepthpruneError("speed settings need batch sizes >= 1, prompt length >= 1, new tokens >= 1, "
+                              "repeats >= 1 and warm-up >= 0")
+
+
+def measure_speed(model, batch_sizes=(1, 4), prompt_len: int = 128, new_tokens: int = 32, repeats: int = 5,
+                  warmup: int = 1, seed: int = 0, checkpoint_dir=None) -> dict:
+    """Throughput of one model (see :func:`compare_speed` to measure against a base in the same process).
+
+    Returns:
+        ``{"parameters", "weights_read_per_token", "num_layers", "checkpoint_bytes", "peak_memory_bytes",
+        "settings", "batches": {B: {"prefill_tokens_per_s", "decode_tokens_per_s", "prefill_s", "decode_s"}}}``.
+    """
+    return compare_speed(model, None, batch_sizes, prompt_len, new_tokens, repeats, warmup, seed,
+                         checkpoint_dir=checkpoint_dir)["model"]
+
+
+def _layer_count(model) -> int | None:
+    from ..adapter import ModelAdapter
+
+    try:
+        return ModelAdapter(model).num_layers
+    except DepthpruneError:
+        return None
+
+
+def compare_speed(model, base=None, batch_sizes=(1, 4), prompt_len: int = 128, new_tokens: int = 32,
+                  repeats: int = 5, warmup: int = 1, seed: int = 0, checkpoint_dir=None,
+                  base_checkpoint_dir=None) -> dict:
+    """Measure ``model`` (and ``base``, alternating run by run) and report medians and ratios.
+
+    Args:
+        model: the model to time.
+        base: an unpruned model to compare with in the same process, or None.
+        batch_sizes: batch sizes to time.
+        prompt_len: prompt tokens per sequence for prefill.
+        new_tokens: decode steps with the KV cache.
+        repeats: timed runs per setting (the median is reported).
+        warmup: untimed runs first.
+
+    Returns:
+        ``{"model": {...}, "base": {...}, "ratios": {B: {"prefill", "decode"}}, "ideal": {...}}`` (``base``,
+        ``ratios`` and ``ideal`` only with a base).
+    """
+    _check_settings(batch_sizes, prompt_len, new_tokens, repeats, warmup)
+    models = {"model": model} if base is None else {"model": model, "base": base}
+    vocab = min(getattr(m.config.get_text_config(), "vocab_size", 0) or 0 for m in models.values())
+    if vocab < 1:
+        raise DepthpruneError("cannot time a model without config.vocab_size")
+    device_types = {next(m.parameters()).device.type for m in models.values()}
+    timings = {name: {b: {"prefill": [], "decode": []} for b in batch_sizes} for name in models}
+    generator = torch.Generator().manual_seed(seed)
+    cuda = "cuda" in device_types
+    peak = {}
+    for name, m in models.items():
+        m.eval()
+    for batch_size in batch_sizes:
+        for run in range(warmup + repeats):
+            for name, m in models.items():  # alternate, so drifts in machine load hit both alike
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                prefill, decode = _prefill_and_decode(m, batch_size, prompt_len, new_tokens, vocab, generator)
+                if cuda:
+                    peak[name] = max(peak.get(name, 0), torch.cuda.max_memory_allocated())
+                if run >= warmup:
+                    timings[name][batch_size]["prefill"].append(prefill)
+                    timings[name][batch_size]["decode"].append(decode)
+    results = {}
+    for name, m in models.items():
+        entry = {
+            "parameters": parameter_count(m),
+            "weights_read_per_token": weights_read_per_token(m),
+            "num_layers": _layer_count(m),
+            "dtype": str(next(m.parameters()).dtype).replace("torch.", ""),
+            "device": str(next(m.parameters()).device),
+            **checkpoint_bytes(checkpoint_dir if name == "model" else base_checkpoint_dir, m),
+        }
+        if cuda:
+            entry["peak_memory_bytes"] = peak.get(name)
+            entry["peak_memory_kind"] = "torch.cuda.max_memory_allocated"
+        else:
+            entry["peak_memory_bytes"] = _peak_rss_bytes()
+            entry["peak_memory_kind"] = "process peak RSS (all models in this process)"
+        entry["batches"] = {}
+        for batch_size in batch_sizes:
+            prefill_s = statistics.median(timings[name][batch_size]["prefill"])
+            decode_s = statistics.median(timings[name][batch_size]["decode"])
+            entry["batches"][batch_size] = {
+                "prefill_tokens_per_s": batch_size * prompt_len / prefill_s,
+                "decode_tokens_per_s": batch_size * new_tokens / decode_s,
+                "prefill_s": prefill_s, "decode_s": decode_s,
+            }
+        results[name] = entry
+    results["settings"] = {"batch_sizes": list(batch_sizes), "prompt_len": prompt_len, "new_tokens": new_tokens,
+                           "repeats": repeats, "warmup": warmup, "statistic": "median",
+                           "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    if base is not None:
+        results["ratios"] = {
+            b: {kind: results["model"]["batches"][b][f"{kind}_tokens_per_s"]
+                / results["base"]["batches"][b][f"{kind}_tokens_per_s"] for kind in ("prefill", "decode")}
+            for b in batch_sizes
+        }
+        ideal = {"weights_read": results["base"]["weights_read_per_token"]
+                 / results["model"]["weights_read_per_token"]}
+        layers, base_layers = results["model"]["num_layers"], results["base"]["num_layers"]
+        if layers and base_layers:
+            ideal["layers"] = base_layers / layers
+        results["ideal"] = ideal
+    return results
