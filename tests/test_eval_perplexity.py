@@ -78,3 +78,12 @@ def test_missing_source_file_names_the_path(tmp_path, model, tokenizer):
         perplexity(model, tokenizer, "wikitext2", seq_len=16, data_dir=tmp_path)
     with pytest.raises(DepthpruneError, match="Did you mean 'wikitext2'"):
         load_ppl_text("wikitext", tmp_path)
+
+
+def test_builtin_source_is_offline_and_labelled():
+    from depthprune.data import builtin_texts
+    from depthprune.evaluate.perplexity import load_ppl_text, source_label
+
+    assert load_ppl_text("builtin") == "\n\n".join(builtin_texts())
+    assert source_label("builtin", None).startswith("builtin")
+    assert source_label("wikitext2", "/d") == "/d/wikitext2/wiki.test.raw"

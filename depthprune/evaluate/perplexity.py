@@ -34,6 +34,9 @@ PPL_SOURCES = {
     "ptb": ("ptb/ptb.test.txt", ("ptb_text_only", "penn_treebank", "test", "sentence", {})),
     "c4": ("c4/*.jsonl", ("allenai/c4", None, "validation", "text",
                           {"data_files": {"validation": "en/c4-validation.00000-of-00008.json.gz"}})),
+    # Offline everywhere: CPython's documentation text. Not a paper benchmark, and it is also the default
+    # calibration source, so calibrate on something else (e.g. --data self) when you evaluate on it.
+    "builtin": (None, None),
 }
 
 
@@ -107,8 +110,21 @@ def load_ppl_text(name: str, data_dir: str | Path | None = None) -> str:
         close = difflib.get_close_matches(name, PPL_SOURCES, n=1)
         raise DepthpruneError(f"unknown perplexity source {name!r}; choose from {', '.join(PPL_SOURCES)}."
                               + (f" Did you mean {close[0]!r}?" if close else ""))
+    if name == "builtin":
+        from ..data import builtin_texts
+
+        return "\n\n".join(builtin_texts())
     rows = _offline_rows(name, Path(data_dir).expanduser()) if data_dir is not None else _online_rows(name)
     return join_texts(name, rows)
+
+
+def source_label(name: str, data_dir: str | Path | None) -> str:
+    """Where the text of a perplexity source came from, for the results' provenance."""
+    if name == "builtin":
+        return "builtin (CPython pydoc_data.topics)"
+    if data_dir is not None:
+        return str(Path(data_dir) / PPL_SOURCES[name][0])
+    return f"hf:{PPL_SOURCES[name][1][0]}"
 
 
 def tokenize_windows(token_ids: torch.Tensor, seq_len: int, max_windows: int | None = None) -> torch.Tensor:
@@ -172,6 +188,5 @@ def perplexity(model, tokenizer, name: str, seq_len: int = 2048, data_dir: str |
         max_windows = min(max_windows or C4_WINDOWS, C4_WINDOWS)
     result = token_perplexity(model, tokenizer, text, seq_len=seq_len, batch_size=batch_size,
                               max_windows=max_windows, desc=f"{name} ppl@{seq_len}")
-    result["source"] = str(Path(data_dir) / PPL_SOURCES[name][0]) if data_dir is not None else \
-        f"hf:{PPL_SOURCES[name][1][0]}"
+    result["source"] = source_label(name, data_dir)
     return result

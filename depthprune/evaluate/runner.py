@@ -112,7 +112,7 @@ def evaluate(model, ppl=None, seq_len=2048, tasks=None, num_fewshot: int | None 
     from ..loading import require_tokenizer
     from .lm_wrapper import DepthpruneLM
     from .multiple_choice import evaluate_task
-    from .perplexity import C4_WINDOWS, PPL_SOURCES, load_ppl_text, token_perplexity
+    from .perplexity import C4_WINDOWS, load_ppl_text, source_label, token_perplexity
     from .tasks import get_task, load_task_docs
 
     if backend not in BACKENDS:
@@ -145,8 +145,7 @@ def evaluate(model, ppl=None, seq_len=2048, tasks=None, num_fewshot: int | None 
                 per_length[length] = token_perplexity(loaded.model, tokenizer, ppl_texts[name], seq_len=length,
                                                       batch_size=ppl_batch_size, max_windows=windows,
                                                       desc=f"{name} ppl@{length}")
-                per_length[length]["source"] = (str(Path(data_dir) / PPL_SOURCES[name][0]) if data_dir is not None
-                                                else f"hf:{PPL_SOURCES[name][1][0]}")
+                per_length[length]["source"] = source_label(name, data_dir)
             # One length: {"ppl", "seq_len", ...} as the schema; several: keyed by length.
             results["perplexity"][name] = per_length[lengths[0]] if len(lengths) == 1 else \
                 {str(length): value for length, value in per_length.items()}
