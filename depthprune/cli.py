@@ -22,6 +22,7 @@ COMMANDS = {
     "heal": "depthprune.commands.heal",
     "collapse": "depthprune.commands.collapse",
     "eval": "depthprune.commands.eval",
+    "score": "depthprune.commands.score",
 }
 
 

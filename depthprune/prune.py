@@ -56,35 +56,123 @@ def save_pruned(loaded: LoadedModel, plan: PrunePlan, output, force: bool = Fals
     return save(loaded.model, loaded.tokenizer, output, metadata=metadata, force=force, extra_files=extra_files)
 
 
-def prune(model: str | LoadedModel, layers: str | list[int], output: str | Path | None = None, force: bool = False,
-          dry_run: bool = False, allow_final_layer: bool = False, dtype="float32", device="cpu",
-          trust_remote_code: bool = False) -> PrunePlan:
-    """Remove the given layers and save an ordinary checkpoint (``depthprune prune MODEL --layers ...``).
+def prune(model: str | LoadedModel, layers: str | list[int] | None = None, output: str | Path | None = None,
+          force: bool = False, dry_run: bool = False, allow_final_layer: bool = False, dtype="float32", device="cpu",
+          trust_remote_code: bool = False, method: str | None = None, n: int | None = None,
+          ratio: float | None = None, data=None, scores: str | Path | dict | None = None, tokens: str = "last",
+          keep_edges: bool | None = None, batch_size: int = 8) -> PrunePlan:
+    """Remove layers and save an ordinary checkpoint (``depthprune prune MODEL --layers ...`` or ``--method ...``).
 
     Args:
         model: anything :func:`depthprune.load_model` accepts, or an already loaded model.
-        layers: 0-based layers to remove, as a list or a string such as ``"20-27,3"``.
+        layers: 0-based layers to remove, as a list or a string such as ``"20-27,3"`` (not with ``method``).
         output: destination folder (required unless ``dry_run``).
         force: replace an existing ``output``.
         dry_run: only build and return the plan.
         allow_final_layer: permit removing the last layer.
+        method: choose the layers by a criterion: angular (best block), bi, ppl, taylor, magnitude (the n least
+            important), sleb (iterative), last (layers L-n-1 .. L-2).
+        n: layers to remove with ``method``; or ``ratio``, a fraction of the layers.
+        data: calibration data (a :class:`~depthprune.DataSpec` or source string) for criteria that need it.
+        scores: a ``scores.json`` (path or dict) from ``depthprune score`` to reuse instead of scoring again.
+        tokens, keep_edges, batch_size: scoring options (see :func:`depthprune.scoring.score`).
 
     Returns:
         The executed (or, with ``dry_run``, proposed) plan.
     """
-    layer_list = parse_layer_list(layers) if isinstance(layers, str) else list(layers)
+    if (layers is None) == (method is None):
+        raise DepthpruneError("give exactly one of --layers (explicit list) and --method (a criterion)")
+    if layers is None and (n is None) == (ratio is None):
+        raise DepthpruneError("--method needs exactly one of --n (layers to remove) and --ratio (fraction)")
+    if layers is not None and (n is not None or ratio is not None or scores is not None):
+        raise DepthpruneError("--n, --ratio and --scores go with --method, not with --layers")
+    layer_list = None
+    if layers is not None:
+        layer_list = parse_layer_list(layers) if isinstance(layers, str) else list(layers)
     if output is None and not dry_run:
         raise DepthpruneError("no --output given; name the folder for the pruned model (or use --dry-run)")
     if output is not None and not dry_run:
         check_output_dir(output, force)   # fail before loading anything
+    scores_data = _read_scores(scores) if scores is not None else None
+    if method is not None:
+        from .selection import check_method
+
+        check_method(method)
+        if method not in ("last", "magnitude") and scores_data is None and data is None:
+            raise DepthpruneError(f"method {method!r} needs calibration data; pass --data SPEC (e.g. builtin or a "
+                                  ".txt file) or reuse a scores.json with --scores")
     loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device,
                                                                       trust_remote_code=trust_remote_code)
     adapter = ModelAdapter(loaded.model)
-    removed, _ = adapter.check_removal(layer_list, allow_final_layer=allow_final_layer)
-    plan = PrunePlan(num_layers=adapter.num_layers, removed_layers=removed, method="manual",
-                     settings={"layers": format_layer_list(removed)})
+    extra_files = None
+    if method is None:
+        removed, _ = adapter.check_removal(layer_list, allow_final_layer=allow_final_layer)
+        plan = PrunePlan(num_layers=adapter.num_layers, removed_layers=removed, method="manual",
+                         settings={"layers": format_layer_list(removed)})
+    else:
+        plan, all_scores = _plan_by_criterion(loaded, adapter, method, n, ratio, data, scores_data, tokens,
+                                              keep_edges, batch_size, allow_final_layer, device)
+        if scores is not None and not isinstance(scores, dict):
+            plan.settings["scores_file"] = str(scores)
+        extra_files = {"scores.json": all_scores} if all_scores else None
     if dry_run:
         return plan
     apply_plan(loaded.model, plan, allow_final_layer=allow_final_layer)
-    save_pruned(loaded, plan, output, force=force)
+    save_pruned(loaded, plan, output, force=force, extra_files=extra_files)
     return plan
+
+
+def _read_scores(scores) -> dict:
+    import json
+
+    if isinstance(scores, dict):
+        return scores
+    path = Path(scores)
+    if not path.is_file():
+        raise DepthpruneError(f"scores file {path} does not exist; give the scores.json written by depthprune score")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DepthpruneError(f"{path} is not valid JSON ({error}); give the scores.json written by depthprune "
+                              "score") from None
+    if not isinstance(data, dict) or "num_layers" not in data:
+        raise DepthpruneError(f"{path} has no num_layers; it is not a scores.json written by depthprune score")
+    return data
+
+
+def _plan_by_criterion(loaded, adapter, method, n, ratio, data, scores_data, tokens, keep_edges, batch_size,
+                       allow_final_layer, device) -> tuple[PrunePlan, dict | None]:
+    from .selection import resolve_count, select_layers
+
+    num_layers = adapter.num_layers
+    count = resolve_count(num_layers, n, ratio)
+    if scores_data is not None:
+        if int(scores_data["num_layers"]) != num_layers:
+            raise DepthpruneError(f"the scores are for {scores_data['num_layers']} layers but the model has "
+                                  f"{num_layers}; score this model (depthprune score) or drop --scores")
+        if scores_data.get("model") not in (None, loaded.description):
+            logger.warning("the scores were computed for %s, not %s; using them because the layer counts match",
+                           scores_data["model"], loaded.description)
+        all_scores = scores_data
+    elif method == "last":
+        all_scores = {"num_layers": num_layers}
+    else:
+        from .data import DataSpec, calibration_blocks
+        from .loading import require_tokenizer
+        from .scoring import make_configs, score_model
+
+        configs = make_configs(method, tokens=tokens, keep_edges=keep_edges, sleb_n=count)
+        spec = DataSpec(source=data) if isinstance(data, str) else data
+        input_ids = None
+        if method != "magnitude":
+            input_ids = calibration_blocks(spec, require_tokenizer(loaded), model=loaded.model)
+        all_scores = score_model(loaded.model, configs, input_ids=input_ids, batch_size=batch_size, device=device)
+        all_scores = {"model": loaded.description, "data": spec.describe() if input_ids is not None else None,
+                      **all_scores}
+    removed, evidence = select_layers(method, all_scores, count, allow_final_layer=allow_final_layer)
+    removed, _ = adapter.check_removal(removed, allow_final_layer=allow_final_layer)
+    settings = {"method": method, "n": count, "ratio": ratio,
+                "data": all_scores.get("data"), "scored_with": all_scores.get("settings", {}).get(method)}
+    plan = PrunePlan(num_layers=num_layers, removed_layers=removed, method=method, scores=evidence,
+                     settings=settings)
+    return plan, (all_scores if method != "last" else None)

@@ -1,18 +1,42 @@
 """Remove decoder layers and save an ordinary Hugging Face checkpoint (with depthprune.json provenance).
 
-Layers are 0-based; ranges are inclusive: ``--layers 20-27,3`` removes layers 3 and 20 to 27.
+Either name the layers — ``--layers 20-27,3`` removes layers 3 and 20 to 27 (0-based, ranges inclusive) — or let a
+criterion choose them: ``--method angular|bi|ppl|taylor|magnitude|sleb|last --n N`` (or ``--ratio R``) with
+``--data SPEC`` for calibration, or ``--scores scores.json`` from ``depthprune score`` to reuse earlier scores.
+``--dry-run`` prints the plan and the scores that decided it.
 """
 
 from __future__ import annotations
 
-from .common import add_model_arguments, add_output_arguments, print_json
+import argparse
 
-HELP = "remove decoder layers and save the pruned checkpoint"
+from .common import add_model_arguments, add_output_arguments, data_spec_from_args, print_json
+
+HELP = "remove decoder layers (named, or chosen by a criterion) and save the pruned checkpoint"
 
 
 def add_arguments(parser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--layers", required=True, help="layers to remove, 0-based, e.g. 20-27,3")
+    choice = parser.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--layers", help="layers to remove, 0-based, e.g. 20-27,3")
+    choice.add_argument("--method", choices=["angular", "bi", "ppl", "taylor", "magnitude", "sleb", "last"],
+                        help="choose the layers by this criterion")
+    count = parser.add_mutually_exclusive_group()
+    count.add_argument("--n", type=int, default=None, help="with --method: number of layers to remove")
+    count.add_argument("--ratio", type=float, default=None, help="with --method: fraction of layers to remove")
+    parser.add_argument("--scores", default=None, metavar="FILE", help="reuse a scores.json from depthprune score")
+    parser.add_argument("--data", default=None, metavar="SPEC",
+                        help="calibration data for --method: builtin, self, a .txt/.jsonl/.parquet file or folder, "
+                             "wikitext2, c4, ptb, pg19, or hf:PATH:CONFIG:SPLIT")
+    parser.add_argument("--samples", type=int, default=32, help="number of calibration blocks")
+    parser.add_argument("--seq-len", type=int, default=512, help="tokens per block")
+    parser.add_argument("--seed", type=int, default=0, help="seed for document order and generation")
+    parser.add_argument("--text-field", default=None, help="field holding the text in .jsonl/.parquet (default text)")
+    parser.add_argument("--chat-template", action="store_true", help="wrap each document in the chat template")
+    parser.add_argument("--tokens", choices=["last", "all"], default="last", help="angular: tokens compared")
+    parser.add_argument("--keep-edges", action=argparse.BooleanOptionalAction, default=None,
+                        help="never remove the first 4 / last 2 layers (default: on for taylor, magnitude)")
+    parser.add_argument("--batch-size", type=int, default=8, help="calibration samples per forward")
     parser.add_argument("--allow-final-layer", action="store_true", help="permit removing the last layer")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
     add_output_arguments(parser, required=False)
@@ -21,9 +45,12 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from ..prune import prune
 
+    data = data_spec_from_args(args) if args.data is not None else None
     plan = prune(args.model, layers=args.layers, output=args.output, force=args.force, dry_run=args.dry_run,
                  allow_final_layer=args.allow_final_layer, dtype=args.dtype, device=args.device,
-                 trust_remote_code=args.trust_remote_code)
+                 trust_remote_code=args.trust_remote_code, method=args.method, n=args.n, ratio=args.ratio,
+                 data=data, scores=args.scores, tokens=args.tokens, keep_edges=args.keep_edges,
+                 batch_size=args.batch_size)
     print(plan.summary())
     if args.dry_run:
         print_json(plan.to_dict())

@@ -1,0 +1,48 @@
+"""Score every decoder layer by one or more criteria in one streaming pass; write scores.json, plots and a table.
+
+Criteria: angular (Gromov et al.'s d(l, n) for every block size), bi (ShortGPT's Block Influence), ppl
+(perplexity with the layer removed), taylor (Taylor+), magnitude (sum |w|, needs no data), sleb (iterative
+removal). ``--sequential`` keeps only one layer's weights in memory (angular, bi, magnitude).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_data_arguments, add_model_arguments, add_output_arguments, data_spec_from_args
+
+HELP = "score layer importance (angular, bi, ppl, taylor, magnitude, sleb) and write scores.json + plots"
+
+
+def add_arguments(parser) -> None:
+    add_model_arguments(parser)
+    add_data_arguments(parser, samples=32, seq_len=512, default=None)
+    parser.add_argument("--metrics", default="angular,bi",
+                        help="comma-separated: angular, bi, ppl, taylor, magnitude, sleb")
+    parser.add_argument("--tokens", choices=["last", "all"], default="last",
+                        help="angular distance on the last real token of each sample, or on all real tokens")
+    parser.add_argument("--keep-edges", action=argparse.BooleanOptionalAction, default=None,
+                        help="never make the first 4 / last 2 layers candidates (default: on for taylor, magnitude)")
+    parser.add_argument("--sleb-n", type=int, default=None, help="layers SLEB removes (default: a quarter)")
+    parser.add_argument("--batch-size", type=int, default=8, help="calibration samples per forward")
+    parser.add_argument("--sequential", action=argparse.BooleanOptionalAction, default=None,
+                        help="read one decoder layer at a time from the safetensors (default: only if the model "
+                             "does not fit in memory)")
+    parser.add_argument("--no-plots", action="store_true", help="write scores.json only")
+    add_output_arguments(parser, required=True)
+
+
+def run(args) -> int:
+    from ..scoring import score
+    from ..scoring.api import ranking_table
+
+    data = data_spec_from_args(args) if args.data is not None else None
+    scores = score(args.model, metrics=args.metrics, data=data, tokens=args.tokens, keep_edges=args.keep_edges,
+                   sleb_n=args.sleb_n, batch_size=args.batch_size, sequential=args.sequential, output=args.output,
+                   force=args.force, plots=not args.no_plots, dtype=args.dtype, device=args.device,
+                   trust_remote_code=args.trust_remote_code)
+    print(ranking_table(scores))
+    if "sleb" in scores:
+        print(f"sleb removal order: {scores['sleb']}")
+    print(f"wrote {args.output}/scores.json")
+    return 0

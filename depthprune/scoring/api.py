@@ -1,0 +1,243 @@
+"""Score a model's layers by any set of criteria: the Python side of ``depthprune score``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import DepthpruneError
+from .base import EDGE_KEEP_FIRST, EDGE_KEEP_LAST, ScoringContext, get_entry, parse_metrics
+
+logger = logging.getLogger(__name__)
+
+SCORES_FILE = "scores.json"
+
+
+def make_configs(metrics, tokens: str = "last", keep_edges: bool | None = None,
+                 sleb_n: int | None = None) -> dict:
+    """One config per metric from the shared options.
+
+    Args:
+        tokens: angular distance on the ``last`` real token or ``all`` real tokens.
+        keep_edges: True: first 4 / last 2 layers never candidates for every metric; False: for none; None: each
+            metric's default (on for taylor and magnitude).
+        sleb_n: layers SLEB removes iteratively (None: a quarter of the layers).
+    """
+    configs = {}
+    for name in parse_metrics(metrics):
+        entry = get_entry(name)
+        kwargs = {}
+        if name == "angular":
+            kwargs["tokens"] = tokens
+        if name == "sleb":
+            kwargs["num_remove"] = sleb_n
+        if keep_edges is True:
+            kwargs.update(keep_first=EDGE_KEEP_FIRST, keep_last=EDGE_KEEP_LAST)
+        elif keep_edges is False:
+            kwargs.update(keep_first=0, keep_last=0)
+        configs[name] = entry.config_class(**kwargs)
+    return configs
+
+
+def score_model(model, configs: dict, input_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, batch_size: int = 8, device=None, weights=None,
+                show_progress: bool = True) -> dict:
+    """Score the layers of an in-memory (or, with ``weights``, skeleton) model.
+
+    Args:
+        model: a causal LM; in sequential mode its layers are on the meta device and ``weights`` reads them.
+        configs: metric name -> config (see :func:`make_configs`).
+        input_ids: calibration blocks ``(samples, seq_len)``; None only if no metric needs data.
+        attention_mask: 1 for real tokens, 0 for padding (ignored by every criterion).
+
+    Returns:
+        ``{"num_layers": L, <metric entries>, "protected": {metric: [...]}, "timing_s": {...}}``.
+    """
+    from ..adapter import ModelAdapter
+    from ..calibration import CalibrationPass
+
+    adapter = ModelAdapter(model)
+    num_layers = adapter.num_layers
+    scorers = [get_entry(name).scorer_class(config, num_layers) for name, config in configs.items()]
+    needing_data = [s.name for s in scorers if s.needs_data]
+    if needing_data and input_ids is None:
+        raise DepthpruneError(f"metric(s) {', '.join(needing_data)} need calibration data; pass --data SPEC "
+                              "(e.g. builtin or a .txt file)")
+    if weights is not None:
+        refused = [s.name for s in scorers if s.needs_all_layers]
+        if refused:
+            raise DepthpruneError(f"metric(s) {', '.join(refused)} need every layer in memory; drop --sequential "
+                                  "or score only angular, bi and magnitude in sequential mode")
+    calibration = None
+    if needing_data:
+        calibration = CalibrationPass(model, input_ids, attention_mask, batch_size=batch_size, device=device,
+                                      weights=weights, show_progress=show_progress)
+    context = ScoringContext(model=model, num_layers=num_layers, calibration=calibration, weights=weights,
+                             layers_path=adapter.layers_path, show_progress=show_progress)
+    timing = {}
+    streaming = [s for s in scorers if s.streaming]
+    if streaming:
+        start = time.perf_counter()
+        calibration.stream(streaming)
+        timing["pass:" + ",".join(s.name for s in streaming)] = time.perf_counter() - start
+    for scorer in scorers:
+        if not scorer.streaming:
+            start = time.perf_counter()
+            scorer.compute(context)
+            timing[scorer.name] = time.perf_counter() - start
+    result = {"num_layers": num_layers}
+    for scorer in scorers:
+        result.update(scorer.finalize())
+    result["protected"] = {s.name: s.config.protected_layers(num_layers) for s in scorers}
+    result["settings"] = {name: vars(config) for name, config in configs.items()}
+    result["timing_s"] = timing
+    if calibration is not None:
+        result["tokens"] = calibration.num_tokens
+    return result
+
+
+def _should_run_sequentially(checkpoint_dir, dtype, device) -> bool:
+    from ..calibration import available_memory_bytes, checkpoint_bytes
+
+    if checkpoint_dir is None:
+        return False
+    size = checkpoint_bytes(checkpoint_dir)
+    return size > 0.8 * available_memory_bytes(device)
+
+
+def score(model, metrics="angular,bi", data=None, tokens: str = "last", keep_edges: bool | None = None,
+          sleb_n: int | None = None, batch_size: int = 8, sequential: bool | None = False, output=None,
+          force: bool = False, plots: bool = True, dtype="float32", device="cpu", trust_remote_code: bool = False,
+          show_progress: bool = True) -> dict:
+    """Score every layer of a model and (with ``output``) write ``scores.json`` and plots (``depthprune score``).
+
+    Args:
+        model: anything :func:`depthprune.load_model` accepts, or a :class:`~depthprune.LoadedModel`.
+        metrics: comma-separated names or a list: angular, bi, ppl, taylor, magnitude, sleb.
+        data: a :class:`~depthprune.DataSpec` or a source string; None only for data-free metrics (magnitude).
+        tokens: ``last`` or ``all`` real tokens for angular distance.
+        keep_edges: the first-4/last-2 keep-set for every metric (True), none (False), or each default (None).
+        sleb_n: layers SLEB removes (default a quarter).
+        sequential: read one decoder layer at a time from the checkpoint's safetensors; None decides by memory.
+        output: folder for ``scores.json`` and PNG plots (written atomically); None writes nothing.
+
+    Returns:
+        The scores dict (what ``scores.json`` holds).
+    """
+    from ..data import DataSpec, calibration_blocks
+    from ..loading import LoadedModel, load_model, parse_dtype, require_tokenizer
+    from ..saving import atomic_output_dir, check_output_dir, write_json_atomic
+
+    configs = make_configs(metrics, tokens=tokens, keep_edges=keep_edges, sleb_n=sleb_n)
+    needing_data = [name for name in configs if get_entry(name).scorer_class.needs_data]
+    if needing_data and data is None:
+        raise DepthpruneError(f"metric(s) {', '.join(needing_data)} need calibration data; pass --data SPEC "
+                              "(e.g. builtin or a .txt file)")
+    if output is not None:
+        check_output_dir(output, force)
+    spec = DataSpec(source=data) if isinstance(data, str) else data
+
+    weights = None
+    if isinstance(model, LoadedModel):
+        if sequential:
+            raise DepthpruneError("--sequential reads the weights from a checkpoint; pass the model's path or alias, "
+                                  "not an already loaded model")
+        loaded = model
+    else:
+        if sequential is None or sequential:
+            loaded, weights = _load_for_sequential(model, dtype, device, trust_remote_code, sequential)
+        else:
+            loaded = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    input_ids = None
+    if spec is not None and needing_data:
+        if spec.source == "self" and weights is not None:
+            raise DepthpruneError("data 'self' needs the whole model to generate text; drop --sequential")
+        input_ids = calibration_blocks(spec, require_tokenizer(loaded), model=loaded.model)
+    result = score_model(loaded.model, configs, input_ids=input_ids, batch_size=batch_size, device=device,
+                         weights=weights, show_progress=show_progress)
+    result = {"model": loaded.description, "num_layers": result.pop("num_layers"),
+              "data": spec.describe() if spec is not None and needing_data else None,
+              "metrics": list(configs), "sequential": weights is not None, "dtype": str(parse_dtype(dtype)),
+              **result}
+    if output is not None:
+        with atomic_output_dir(output, force=force) as tmp:
+            write_json_atomic(Path(tmp) / SCORES_FILE, result)
+            if plots:
+                from .plots import write_plots
+
+                result_plots = write_plots(result, tmp)
+                logger.info("plots: %s", ", ".join(result_plots))
+    return result
+
+
+def _load_for_sequential(model, dtype, device, trust_remote_code, sequential):
+    """(LoadedModel with a skeleton model, weights) — or a normal load when ``sequential`` is None and it fits."""
+    from ..calibration import load_skeleton
+    from ..loading import MODEL_ALIASES, LoadedModel, _load_gguf, load_model, parse_dtype, resolve_alias
+
+    source = str(model)
+    path = Path(source).expanduser()
+    description = source
+    if source in MODEL_ALIASES:
+        path, description = resolve_alias(source)
+    if path.suffix == ".gguf" and path.is_file():
+        folder = _load_gguf(path, trust_remote_code)
+    elif path.is_dir() and (path / "config.json").is_file():
+        folder = path
+        description = str(path.resolve())
+    elif sequential is None:
+        return load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code), None
+    else:
+        raise DepthpruneError(f"--sequential reads weights from a local checkpoint folder or .gguf file; {source!r} "
+                              "is neither — download it first (huggingface-cli download ...)")
+    if sequential is None and not _should_run_sequentially(folder, dtype, device):
+        return load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code), None
+    if sequential is None:
+        logger.warning("the model does not fit in memory on %s; scoring sequentially (one layer at a time)", device)
+    skeleton, weights = load_skeleton(folder, dtype=parse_dtype(dtype) if dtype != "auto" else torch.float32,
+                                      device=device, trust_remote_code=trust_remote_code)
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError):
+        tokenizer = None
+    return LoadedModel(model=skeleton, tokenizer=tokenizer, source=source, description=description,
+                       checkpoint_dir=folder), weights
+
+
+def ranking_table(scores: dict) -> str:
+    """A per-layer table of every criterion in ``scores`` with each layer's rank (1 = removed first)."""
+    num_layers = int(scores["num_layers"])
+    columns: dict[str, list[float]] = {}
+    if "angular" in scores:
+        columns["angular(n=1)"] = list(scores["angular"]["1"])[:num_layers]
+    for name in ("bi", "ppl", "taylor", "magnitude"):
+        if name in scores:
+            columns[name] = list(scores[name])
+    ranks = {name: _ranks(values) for name, values in columns.items()}
+    sleb_order = {layer: i + 1 for i, layer in enumerate(scores.get("sleb", []))}
+    header = ["layer"] + [f"{name} (rank)" for name in columns] + (["sleb order"] if "sleb" in scores else [])
+    rows = []
+    for layer in range(num_layers):
+        row = [str(layer)] + [f"{columns[n][layer]:.4g} ({ranks[n][layer]})" for n in columns]
+        if "sleb" in scores:
+            row.append(str(sleb_order.get(layer, "-")))
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in [header] + rows]
+    note = "rank 1 = least important (removed first); angular(n=1) = d(l, 1)"
+    if "dense_ppl" in scores:
+        note += f"; dense calibration perplexity {scores['dense_ppl']:.4g}"
+    return "\n".join(lines + [note])
+
+
+def _ranks(values: list[float]) -> list[int]:
+    order = sorted(range(len(values)), key=lambda i: (values[i], i))
+    ranks = [0] * len(values)
+    for rank, index in enumerate(order, start=1):
+        ranks[index] = rank
+    return ranks

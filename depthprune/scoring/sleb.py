@@ -1,0 +1,66 @@
+"""Iterative removal (SLEB, arXiv 2402.09025): repeatedly remove the layer whose removal hurts calibration loss least.
+
+Every round re-scores the current model: for each remaining candidate, the loss without it, reusing the states
+cached before it so only later layers re-run. The first and last layers are never candidates. The result is the
+removal order; the first k entries are SLEB's choice for any k up to ``num_remove``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import DepthpruneError
+from .base import Scorer, ScorerConfig, register
+
+
+def sleb_candidates(num_layers: int, removed: set[int], protected: set[int]) -> list[int]:
+    """Layers SLEB may remove next: not the first, not the last, not already removed, not protected."""
+    return [i for i in range(1, num_layers - 1) if i not in removed and i not in protected]
+
+
+@dataclass
+class SLEBConfig(ScorerConfig):
+    """Attributes:
+        num_remove: how many layers to remove iteratively (None: a quarter of the layers, rounded down, >= 1).
+    """
+
+    num_remove: int | None = None
+
+
+class SLEBScorer(Scorer):
+    streaming = False
+    needs_all_layers = True
+
+    def __init__(self, config: SLEBConfig, num_layers: int):
+        super().__init__(config, num_layers)
+        self.order: list[int] = []
+        self.ppl_after: list[float] = []
+
+    def target(self) -> int:
+        n = self.config.num_remove if self.config.num_remove is not None else max(self.num_layers // 4, 1)
+        protected = set(self.config.protected_layers(self.num_layers))
+        available = len(sleb_candidates(self.num_layers, set(), protected))
+        if n < 1 or n > available:
+            raise DepthpruneError(f"sleb: cannot remove {n} layers; {available} of {self.num_layers} are candidates "
+                                  "(never the first, the last or kept ones); choose --n between 1 and "
+                                  f"{available}")
+        return n
+
+    def compute(self, context) -> None:
+        run = context.calibration
+        protected = set(self.config.protected_layers(self.num_layers))
+        removed: set[int] = set()
+        for round_index in range(self.target()):
+            candidates = sleb_candidates(self.num_layers, removed, protected)
+            losses, _ = run.removal_losses(removed, candidates, desc=f"sleb: round {round_index + 1}")
+            best = min(candidates, key=lambda c: (losses[c], c))
+            removed.add(best)
+            self.order.append(best)
+            self.ppl_after.append(math.exp(losses[best]) if losses[best] < 700 else math.inf)
+
+    def finalize(self) -> dict:
+        return {"sleb": self.order, "sleb_ppl": self.ppl_after}
+
+
+register("sleb", SLEBConfig, SLEBScorer, "iterative removal by calibration loss (SLEB); removes in its order")
