@@ -1,6 +1,7 @@
 """depthprune: make large language models shallower, and prove what it cost.
 
-The Python API mirrors the CLI: ``depthprune.prune(...)`` is ``depthprune prune ...``.
+The Python API mirrors the CLI: ``depthprune.api.VERB(...)`` is ``depthprune VERB ...`` (see ``depthprune.api``);
+the most used pieces are also here: ``depthprune.prune(...)``, ``depthprune.load_model(...)``, ...
 """
 
 __version__ = "0.1.0"

@@ -17,12 +17,13 @@ from .errors import DepthpruneError
 COMMANDS = {
     "info": "depthprune.commands.info",
     "prune": "depthprune.commands.prune",
-    "run": "depthprune.commands.run",
-    "report": "depthprune.commands.report",
-    "heal": "depthprune.commands.heal",
-    "collapse": "depthprune.commands.collapse",
     "eval": "depthprune.commands.eval",
     "score": "depthprune.commands.score",
+    "run": "depthprune.commands.run",
+    "report": "depthprune.commands.report",
+    "sweep": "depthprune.commands.sweep",
+    "heal": "depthprune.commands.heal",
+    "collapse": "depthprune.commands.collapse",
 }
 
 

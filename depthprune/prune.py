@@ -93,7 +93,7 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
         raise DepthpruneError("no --output given; name the folder for the pruned model (or use --dry-run)")
     if output is not None and not dry_run:
         check_output_dir(output, force)   # fail before loading anything
-    scores_data = _read_scores(scores) if scores is not None else None
+    scores_data = read_scores(scores) if scores is not None else None
     if method is not None:
         from .selection import check_method
 
@@ -122,7 +122,7 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
     return plan
 
 
-def _read_scores(scores) -> dict:
+def read_scores(scores) -> dict:
     import json
 
     if isinstance(scores, dict):

@@ -17,7 +17,7 @@ Example::
 
 Each step writes ``RUN/NN-verb`` (atomically); a step whose folder exists is skipped, so re-running after a crash
 resumes where it stopped. The model flows through the steps: ``prune``, ``collapse`` and ``heal`` produce the model
-the later steps use; ``prune`` reuses the latest ``score`` step's ``scores.json``.
+the later steps use; ``prune --method`` and ``sweep`` reuse the latest ``score`` step's ``scores.json``.
 """
 
 from __future__ import annotations
@@ -238,7 +238,8 @@ def run_recipe(recipe: Recipe | str | Path, output: str | Path | None = None, fo
     for step in recipe.steps:
         step_dir = run_dir / step.folder_name
         extra = _defaults_for(step, recipe.defaults)
-        if step.verb == "prune" and latest_scores is not None:
+        wants_scores = step.verb == "sweep" or (step.verb == "prune" and "method" in step.options)
+        if wants_scores and latest_scores is not None:
             extra.setdefault("scores", str(latest_scores))
         if step.verb == "report":
             extra["run_dirs"] = [str(run_dir)]

@@ -1,0 +1,49 @@
+"""Quality against the fraction of layers removed, one curve per criterion (the papers' central figure).
+
+Scores once, then for each method and n removes layers from a copy, optionally heals briefly, and evaluates.
+Writes OUTPUT/sweep.json and OUTPUT/sweep.png.
+"""
+
+from __future__ import annotations
+
+HELP = "evaluate quality against layers removed, one curve per criterion"
+
+
+def add_arguments(parser) -> None:
+    from .common import add_data_arguments, add_model_arguments, add_output_arguments
+
+    add_model_arguments(parser)
+    parser.add_argument("--methods", default="angular,bi,last,ppl",
+                        help="comma-separated: angular, bi, ppl, taylor, magnitude, sleb, last")
+    parser.add_argument("--n", default="0:8", help="layers removed: START:END[:STEP] inclusive, or 2,4,8")
+    parser.add_argument("--eval", default="wikitext2", help="perplexity sources and/or tasks, e.g. wikitext2,piqa")
+    parser.add_argument("--eval-seq-len", type=int, default=256, help="perplexity window length")
+    parser.add_argument("--data-dir", default=None, help="offline evaluation data, e.g. ../shared/data")
+    parser.add_argument("--max-windows", type=int, default=None, help="only the first N perplexity windows")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N items of each task")
+    parser.add_argument("--heal-steps", type=int, default=0, help="heal each pruned point for this many steps")
+    parser.add_argument("--heal-method", default="lora", help="lora, full or distill")
+    parser.add_argument("--heal-data", default=None, help="healing data SPEC (default: --data)")
+    parser.add_argument("--scores", default=None, metavar="FILE", help="reuse a scores.json from depthprune score")
+    add_data_arguments(parser, samples=16, seq_len=256)
+    add_output_arguments(parser)
+
+
+def run(args) -> int:
+    from ..sweep import sweep
+
+    result = sweep(args.model, methods=args.methods, n=args.n, eval=args.eval, data=args.data, samples=args.samples,
+                   seq_len=args.seq_len, seed=args.seed, eval_seq_len=args.eval_seq_len, data_dir=args.data_dir,
+                   max_windows=args.max_windows, limit=args.limit, heal_steps=args.heal_steps,
+                   heal_method=args.heal_method, heal_data=args.heal_data, scores=args.scores, output=args.output,
+                   force=args.force, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    metrics = [k for k in result["points"][0] if k not in ("method", "n", "fraction", "removed_layers", "seconds")]
+    print(f"{'method':<10} {'n':>3}  {'removed':<24} " + " ".join(f"{m:>16}" for m in metrics))
+    from ..plan import format_layer_list
+
+    for point in result["points"]:
+        values = " ".join(f"{point[m]:>16.4g}" if isinstance(point.get(m), float) else f"{'-':>16}"
+                          for m in metrics)
+        print(f"{point['method']:<10} {point['n']:>3}  {format_layer_list(point['removed_layers']):<24} {values}")
+    print(f"written to {args.output}")
+    return 0
