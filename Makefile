@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Re-running resumes: finished steps are skipped (delete runs/smollm2-demo to start afresh).
 demo: $(STAMP)
-	$(BIN)/depthprune info smollm2-135m
-	$(BIN)/depthprune prune smollm2-135m --layers 20-27 --output demo-out/smollm2-22l --force
+	$(BIN)/depthprune run examples/smollm2-demo.yaml --output runs/smollm2-demo
+	@echo "open runs/smollm2-demo/06-report/report.html"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration" -q
@@ -29,4 +30,4 @@ test-unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration" -q
 
 clean:
-	rm -rf demo-out .pytest_cache
+	rm -rf runs/smollm2-demo .pytest_cache

@@ -1,7 +1,7 @@
 """Healing benchmark: SmolLM2-135M pruned by 8 layers, healed with LoRA, full CPT and distillation at one token
 budget on the C4 slice; WikiText-2 perplexity before/after against the dense model, and tokens/s of each method.
 
-    python bench/bench_heal.py --tokens 8192 --eval-windows 32      # what bench/RESULTS-heal.md reports
+    python bench/bench_heal.py --tokens 8192 --eval-windows 32      # what bench/RESULTS.md (Healing) reports
 
 Perplexity: token-level, non-overlapping windows of --eval-seq-len tokens over WikiText-2 test joined with blank
 lines (the raw file already is), first --eval-windows windows. Outputs go to --work (default: a temp folder).

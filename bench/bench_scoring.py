@@ -1,4 +1,4 @@
-"""Benchmark layer scoring on SmolLM2-135M with WikiText-2 (issue 3). Results go to bench/RESULTS-scoring.md.
+"""Benchmark layer scoring on SmolLM2-135M with WikiText-2 (issue 3). Results go to bench/RESULTS.md (Scoring).
 
 Sections (run one at a time; each prints JSON and appends it to ``--out``/results.jsonl):
 

@@ -1,7 +1,7 @@
 """short-transformers' angular-distance table on the blocks written by ``bench_scoring.py st-export``.
 
 Runs in its OWN venv (short-transformers 1.0.0 needs transformers <= 4.53), e.g. /tmp/st-venv; see
-bench/RESULTS-scoring.md. Writes ``st_result.json`` (the table, seconds, versions) beside the blocks.
+bench/RESULTS.md (Scoring). Writes ``st_result.json`` (the table, seconds, versions) beside the blocks.
 
 Usage: ``/tmp/st-venv/bin/python bench/st_angular.py /tmp/bench-scoring``
 """

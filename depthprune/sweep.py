@@ -118,7 +118,8 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
         data_dir: offline evaluation data (one folder per source/task, e.g. ../shared/data).
         max_windows: score only the first N perplexity windows (faster, state it).
         limit: only the first N items of each task.
-        heal_steps: when > 0, heal every pruned point with ``heal_method`` for this many steps before evaluating.
+        heal_steps: when > 0, heal every pruned point with ``heal_method`` for this many steps (blocks of
+            ``seq_len`` tokens, the method's default batch) before evaluating.
         scores: a ``scores.json`` from ``depthprune score`` to reuse instead of scoring again.
         output: folder for ``sweep.json`` and ``sweep.png`` (atomic); None writes nothing.
 
@@ -200,8 +201,9 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
 
                         healed = heal(LoadedModel(model=pruned, tokenizer=loaded.tokenizer, source=loaded.source,
                                                   description=loaded.description), data=heal_data or data,
-                                      method=heal_method, max_steps=heal_steps,
-                                      output=heal_root / f"{method}-{count}", force=True, progress=False)
+                                      method=heal_method, max_steps=heal_steps, seq_len=seq_len, seed=seed,
+                                      eval_samples=4, output=heal_root / f"{method}-{count}", force=True,
+                                      progress=False)
                         pruned = healed.model
                         extra["heal_final_loss"] = healed.metadata["healing"].get("final_train_loss")
                         shutil.rmtree(heal_root / f"{method}-{count}", ignore_errors=True)

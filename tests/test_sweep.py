@@ -106,3 +106,16 @@ def test_bad_inputs(tiny_tokenizer, data_dir):
         sweep(loaded, methods="last", n="1", eval="wikitxt", data_dir=data_dir)
     with pytest.raises(DepthpruneError, match="too few"):
         sweep(loaded, methods="last", n="0:3", data_dir=data_dir)
+
+
+def test_healed_sweep_trains_each_pruned_point(tiny_tokenizer, data_dir):
+    loaded = LoadedModel(model=tiny_model("llama", num_layers=4), tokenizer=tiny_tokenizer, source="t",
+                         description="t")
+    common = dict(methods="last", n="0:1", eval="wikitext2", eval_seq_len=SEQ, data_dir=data_dir, max_windows=2,
+                  samples=2, seq_len=SEQ)
+    plain = {p["n"]: p for p in sweep(loaded, **common)["points"]}
+    healed = {p["n"]: p for p in sweep(loaded, heal_steps=3, heal_method="full", **common)["points"]}
+    assert healed[0]["wikitext2_ppl"] == pytest.approx(plain[0]["wikitext2_ppl"])      # dense is never healed
+    assert "heal_final_loss" not in healed[0] and math.isfinite(healed[1]["heal_final_loss"])
+    assert healed[1]["wikitext2_ppl"] != pytest.approx(plain[1]["wikitext2_ppl"], rel=1e-6)
+    assert loaded.model.config.num_hidden_layers == 4
