@@ -117,6 +117,20 @@ def read_file_texts(path: str | Path, text_field: str | None = None) -> list[str
     return [t for t in table.column(field).to_pylist() if isinstance(t, str) and t.strip()]
 
 
+def load_hf_dataset(name: str, path: str, config: str | None, split: str, extra: dict, offline_hint: str):
+    """A Hugging Face dataset split, or one clear error (package missing, offline, unknown dataset) with a hint."""
+    try:
+        import datasets
+    except ImportError:
+        raise DepthpruneError(f"{name!r} is read with the datasets package: pip install datasets, or "
+                              f"{offline_hint}") from None
+    try:
+        return datasets.load_dataset(path, config, split=split, **extra)
+    except Exception as error:  # network, missing dataset, bad config: all mean "this source is not available"
+        raise DepthpruneError(f"could not load {name!r} from Hugging Face ({path}; {type(error).__name__}); "
+                              f"offline? {offline_hint}") from None
+
+
 def _hf_texts(name: str, text_field: str | None) -> list[str]:
     if name.startswith("hf:"):
         parts = name[3:].split(":")
@@ -126,16 +140,9 @@ def _hf_texts(name: str, text_field: str | None) -> list[str]:
     else:
         path, config, split, field, extra = HF_DATASETS[name]
         field = text_field or field
-    try:
-        import datasets
-    except ImportError:
-        raise DepthpruneError(f"data {name!r} needs the datasets package: pip install datasets "
-                              "(or pass a local file / --data builtin)") from None
-    try:
-        dataset = datasets.load_dataset(path, config, split=split, **extra)
-    except Exception as error:  # network, missing dataset, bad config: all mean "this source is not available"
-        raise DepthpruneError(f"could not load dataset {name!r} ({type(error).__name__}); offline? pass a local file "
-                              "such as ../shared/data/c4/c4_validation_2k.jsonl, or --data builtin") from None
+    dataset = load_hf_dataset(name, path, config, split, extra,
+                              offline_hint="pass a local file such as ../shared/data/c4/c4_validation_2k.jsonl, or "
+                                           "--data builtin")
     if field not in dataset.column_names:
         raise DepthpruneError(f"dataset {name!r} has no field {field!r} (fields: {', '.join(dataset.column_names)}); "
                               "pass --text-field NAME")

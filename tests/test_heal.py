@@ -20,14 +20,6 @@ from tiny_models import REQUIRED_ARCHITECTURES, VOCAB, tiny_model
 SEQ = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run ~50x faster on one thread than on two contended ones (the test machine is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def blocks(count: int, seed: int = 0, seq_len: int = SEQ) -> torch.Tensor:
     return torch.randint(0, VOCAB, (count, seq_len), generator=torch.Generator().manual_seed(seed))

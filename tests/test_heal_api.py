@@ -17,13 +17,6 @@ from test_heal import save_tiny_checkpoint
 SETTINGS = dict(seq_len=32, batch_size=4, max_steps=6, eval_every=3, eval_samples=4, save_every=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory, tiny_tokenizer):

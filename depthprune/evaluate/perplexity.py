@@ -88,17 +88,10 @@ def _offline_rows(name: str, data_dir: Path) -> list[str]:
 
 
 def _online_rows(name: str) -> list[str]:
+    from ..data import load_hf_dataset
+
     path, config, split, field, extra = PPL_SOURCES[name][1]
-    try:
-        import datasets
-    except ImportError:
-        raise DepthpruneError(f"{name}: without --data-dir the text comes from Hugging Face datasets; pip install "
-                              "datasets, or pass --data-dir") from None
-    try:
-        dataset = datasets.load_dataset(path, config, split=split, **extra)
-    except Exception as error:  # any failure means the same thing to the user: the source is unreachable
-        raise DepthpruneError(f"{name}: could not load {path} from Hugging Face ({type(error).__name__}); offline? "
-                              "pass --data-dir (e.g. ../shared/data)") from None
+    dataset = load_hf_dataset(name, path, config, split, extra, offline_hint="pass --data-dir (e.g. ../shared/data)")
     return list(dataset[field])
 
 
