@@ -29,13 +29,16 @@ def original_numbering(loaded: LoadedModel, plan: PrunePlan) -> dict:
         original_count = parent.get("num_layers_original", len(base_kept))
         return {
             "base_model": parent.get("base_model", loaded.description),
+            "base_model_source": parent.get("base_model_source", parent.get("base_model", loaded.source)),
             "parent_model": loaded.description,
             "parent_steps": parent.get("steps", []) + [{k: v for k, v in parent.items() if k != "steps"}],
             "num_layers_original": original_count,
             "kept_layers": kept,
             "removed_layers": [i for i in range(original_count) if i not in set(kept)],
         }
-    return {"base_model": loaded.description, "num_layers_original": plan.num_layers,
+    # base_model describes; base_model_source is what load_model() accepts (e.g. the alias), for the teacher
+    return {"base_model": loaded.description, "base_model_source": loaded.source,
+            "num_layers_original": plan.num_layers,
             "kept_layers": plan.kept_layers, "removed_layers": sorted(plan.removed_layers)}
 
 

@@ -54,6 +54,7 @@ def test_pruning_a_pruned_model_keeps_original_numbering(checkpoint, tmp_path):
     metadata = json.loads((second / "depthprune.json").read_text())
     assert metadata["kept_layers"] == [0, 2, 4, 5] and metadata["removed_layers"] == [1, 3]
     assert metadata["base_model"] == str(checkpoint.resolve())
+    assert metadata["base_model_source"] == str(checkpoint)     # loadable, for a distillation teacher
     # weights: the twice-pruned model equals the original with layers 1 and 3 removed at once
     once = tmp_path / "once"
     prune(str(checkpoint), layers="1,3", output=once)

@@ -36,7 +36,7 @@ def test_cli_prune_20_27_gives_a_22_layer_model_equal_to_in_memory_pruning(smoll
     metadata = json.loads((out / "depthprune.json").read_text())
     assert metadata["removed_layers"] == list(range(20, 28))
     assert metadata["kept_layers"] == list(range(20)) + [28, 29]
-    assert "SmolLM2-135M-Instruct" in metadata["base_model"]
+    assert "SmolLM2-135M-Instruct" in metadata["base_model"] and metadata["base_model_source"] == "smollm2-135m"
 
     in_memory = copy.deepcopy(smollm2.model)
     depthprune.remove_layers(in_memory, range(20, 28))

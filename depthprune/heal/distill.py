@@ -38,8 +38,10 @@ def teacher_source(loaded: LoadedModel, teacher: str | None) -> str:
     """The teacher to load: ``teacher`` if given, else the base model named in the checkpoint's depthprune.json."""
     if teacher:
         return str(teacher)
-    metadata = read_metadata(loaded.checkpoint_dir)
-    base = (metadata or {}).get("base_model")
+    metadata = read_metadata(loaded.checkpoint_dir) or {}
+    if metadata.get("base_model_source"):      # what load_model() accepts (older outputs only describe it)
+        return metadata["base_model_source"]
+    base = metadata.get("base_model")
     if not base:
         raise DepthpruneError(f"no --teacher given and {loaded.source} has no depthprune.json naming its base model; "
                               "pass --teacher BASE (the unpruned model)")
