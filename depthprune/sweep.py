@@ -68,7 +68,12 @@ def _metric_values(results: dict) -> dict:
 
 
 def sweep_plot(result: dict) -> bytes:
-    """One panel per evaluated metric: value against the fraction of layers removed, one line per method."""
+    """One panel per evaluated metric: value against layers removed, one line per method.
+
+    Perplexity panels are log-scaled and capped at 100x the best value, so that a catastrophic criterion (the
+    last-n chop reaches 1e9 on small models) does not flatten the others; capped points are drawn as triangles on
+    the top edge.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,24 +82,36 @@ def sweep_plot(result: dict) -> bytes:
     points = result["points"]
     metrics = [k for k in points[0] if k not in ("method", "n", "removed_layers", "fraction", "seconds",
                                                  "heal_final_loss")]
-    columns = min(len(metrics), 3)
+    columns = min(len(metrics), 2)
     rows = (len(metrics) + columns - 1) // columns
-    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.8 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(7.5 * columns, 4.6 * rows), squeeze=False)
     for axis, metric in zip(axes.flat, metrics):
+        is_ppl = metric.endswith("_ppl") or "_ppl@" in metric
+        values = [p[metric] for p in points if p.get(metric) is not None]
+        cap = min(values) * 100 if is_ppl and values else None
         for method in result["methods"]:
-            line = sorted((p["fraction"], p[metric]) for p in points if p["method"] == method and
-                          p.get(metric) is not None)
-            if line:
-                axis.plot([x for x, _ in line], [y for _, y in line], marker="o", label=method)
-        if metric.endswith("_ppl") or "_ppl@" in metric:
+            line = sorted((p["n"], p[metric]) for p in points if p["method"] == method and p.get(metric) is not None)
+            if not line:
+                continue
+            xs = [x for x, _ in line]
+            ys = [min(y, cap) if cap else y for _, y in line]
+            drawn = axis.plot(xs, ys, marker="o", label=method)[0]
+            clipped = [(x, cap) for x, y in line if cap and y > cap]
+            if clipped:
+                axis.plot(*zip(*clipped), linestyle="none", marker="^", markersize=10, color=drawn.get_color())
+        if is_ppl:
             axis.set_yscale("log")
-        axis.set_xlabel(f"fraction of {result['num_layers']} layers removed")
-        axis.set_title(metric + (" (healed)" if result.get("heal") else ""))
+            axis.set_ylabel("perplexity (log scale; ▲ = off the scale)")
+        else:
+            axis.set_ylabel(metric)
+        axis.set_xlabel(f"layers removed (of {result['num_layers']})")
+        axis.set_title(metric + (f" — healed {result['heal']['steps']} steps" if result.get("heal") else ""))
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+        axis.legend(fontsize=9, title="criterion")
     for axis in list(axes.flat)[len(metrics):]:
         axis.set_visible(False)
-    figure.suptitle(f"{Path(str(result['model'])).name}: quality vs layers removed")
+    name = result.get("model_source") or Path(str(result["model"])).name
+    figure.suptitle(f"{name}: quality against layers removed")
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
@@ -216,7 +233,7 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
         if heal_root is not None:
             shutil.rmtree(heal_root, ignore_errors=True)
 
-    result = {"model": loaded.description, "num_layers": num_layers, "methods": method_list, "n": counts,
+    result = {"model": loaded.description, "model_source": loaded.source, "num_layers": num_layers, "methods": method_list, "n": counts,
               "eval": evals, "eval_seq_len": eval_seq_len, "max_windows": max_windows, "limit": limit,
               "data_dir": str(data_dir) if data_dir else None, "calibration": spec.describe(),
               "heal": {"steps": heal_steps, "method": heal_method} if heal_steps else None, "points": points}
