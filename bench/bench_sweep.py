@@ -41,7 +41,12 @@ def main() -> None:
     parser.add_argument("--heal-steps", type=int, default=12)
     parser.add_argument("--windows", type=int, default=32)
     parser.add_argument("--skip-healed", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 when sharing the cores)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     common = dict(methods="angular,bi,last,ppl", eval="wikitext2", data=str(DATA / "c4" / "c4_validation_2k.jsonl"),

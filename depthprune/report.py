@@ -140,11 +140,12 @@ def _scores_tables(step: StepArtifacts, top: int = 8) -> list[Table]:
     angular = scores.get("angular")
     if isinstance(angular, dict) and angular:
         rows = []
-        for n, distances in sorted(angular.items(), key=lambda kv: int(kv[0])):
+        for n, distances in sorted(angular.items(), key=lambda kv: int(kv[0]))[:16]:
             if distances:
                 best = min(range(len(distances)), key=lambda i: distances[i])
                 rows.append([n, f"{best}-{best + int(n) - 1}", _fmt(distances[best])])
-        tables.append(Table("Best contiguous block per size n (angular distance)", ["n", "layers", "d"], rows,
+        tables.append(Table("Best contiguous block per size n (angular distance; n <= 16, all n in scores.json)",
+                            ["n", "layers", "d"], rows,
                             f"{step.name}/scores.json"))
     return tables
 
@@ -162,8 +163,10 @@ def _flatten(prefix: str, value, out: list) -> None:
 
 def _results_label(step: StepArtifacts) -> str:
     results = step.json["results.json"]
-    model = results.get("model") or (results.get("meta") or {}).get("model") or ""
-    return f"{step.name}" + (f" ({Path(str(model)).name})" if model else "")
+    model = Path(str(results.get("model") or "")).name
+    if len(model) > 32:
+        model = model[:30] + "…"
+    return f"{step.name}" + (f" ({model})" if model else "")
 
 
 def _evaluation_tables(steps: list[StepArtifacts]) -> list[Table]:
@@ -200,10 +203,42 @@ def _evaluation_tables(steps: list[StepArtifacts]) -> list[Table]:
     for step in evals:
         speed = step.json["results.json"].get("speed")
         if speed:
-            rows: list = []
-            _flatten("", speed, rows)
-            tables.append(Table(f"Speed and size — {_results_label(step)}", ["measure", "value"], rows[:60],
-                                f"{step.name}/results.json"))
+            tables += _speed_tables(speed, _results_label(step), f"{step.name}/results.json")
+    return tables
+
+
+def _speed_tables(speed: dict, label: str, source: str) -> list[Table]:
+    """Throughput per batch size (with the base model and ratios when compared), then size and ideal speed-ups."""
+    model, base = speed.get("model"), speed.get("base")
+    if not isinstance(model, dict) or not isinstance(model.get("batches"), dict):
+        rows: list = []   # an unknown layout: show every number rather than none
+        _flatten("", speed, rows)
+        return [Table(f"Speed and size — {label}", ["measure", "value"], rows, source)]
+    header = ["batch", "prefill tok/s", "decode tok/s"]
+    if base:
+        header += ["base prefill tok/s", "base decode tok/s", "prefill ×", "decode ×"]
+    rows = []
+    for batch, entry in model["batches"].items():
+        row = [str(batch), _fmt(entry.get("prefill_tokens_per_s")), _fmt(entry.get("decode_tokens_per_s"))]
+        if base:
+            base_entry = base.get("batches", {}).get(batch, {})
+            ratio = speed.get("ratios", {}).get(str(batch), {})
+            row += [_fmt(base_entry.get("prefill_tokens_per_s")), _fmt(base_entry.get("decode_tokens_per_s")),
+                    _fmt(ratio.get("prefill")), _fmt(ratio.get("decode"))]
+        rows.append(row)
+    settings = speed.get("settings", {})
+    title = (f"Speed — {label} ({settings.get('prompt_len', '?')}-token prompts, {settings.get('new_tokens', '?')} "
+             f"decode steps, {settings.get('statistic', '')} of {settings.get('repeats', '?')})")
+    tables = [Table(title, header, rows, source)]
+    size_rows = []
+    for key, name in (("num_layers", "layers"), ("parameters", "parameters"),
+                      ("weights_read_per_token", "weights read per token"), ("checkpoint_bytes", "checkpoint bytes")):
+        if key in model:
+            size_rows.append([name, f"{model[key]:,}"] + ([f"{base[key]:,}"] if base and key in base else []))
+    for key, value in (speed.get("ideal") or {}).items():
+        size_rows.append([f"ideal speed-up ({key.replace('_', ' ')})", _fmt(value)] + ([""] if base else []))
+    if size_rows:
+        tables.append(Table(f"Size — {label}", ["measure", "model"] + (["base"] if base else []), size_rows, source))
     return tables
 
 

@@ -45,7 +45,13 @@ def run_dir(tmp_path):
         "tasks": {"piqa": {"acc": 0.61, "acc_norm": 0.62, "n": 100}}}))
     (evaluate / "results.json").write_text(json.dumps({
         "model": "run/03-prune", "perplexity": {"wikitext2": {"ppl": 136.0, "seq_len": 256, "tokens": 1000}},
-        "tasks": {"piqa": {"acc": 0.55, "acc_norm": 0.57, "n": 100}}, "speed": {"decode_tokens_per_s": 123.0}}))
+        "tasks": {"piqa": {"acc": 0.55, "acc_norm": 0.57, "n": 100}},
+        "speed": {"model": {"num_layers": 3, "parameters": 3000, "batches": {"1": {"prefill_tokens_per_s": 500.0,
+                                                                                    "decode_tokens_per_s": 20.0}}},
+                  "base": {"num_layers": 4, "parameters": 4000, "batches": {"1": {"prefill_tokens_per_s": 400.0,
+                                                                                   "decode_tokens_per_s": 16.0}}},
+                  "ratios": {"1": {"prefill": 1.25, "decode": 1.25}}, "ideal": {"layers": 1.3333},
+                  "settings": {"prompt_len": 128, "new_tokens": 32, "statistic": "median", "repeats": 5}}}))
     _png(evaluate / "loss_curve.png", "loss")
     (run / "run.json").write_text(json.dumps({"steps": [
         {"step": "03-prune", "argv": ["depthprune", "prune", "tiny", "--method", "bi", "--n", "1"]}]}))
@@ -58,6 +64,8 @@ def test_report_has_every_table_image_and_provenance(run_dir, tmp_path):
     assert page.count("data:image/png;base64,") == 2
     assert "136" in page and "40.9" in page                       # dense and pruned side by side
     assert "wikitext2 (seq_len 256)" in page
+    assert "<tr><td>1</td><td>500.0</td><td>20</td><td>400.0</td><td>16</td><td>1.25</td><td>1.25</td></tr>" in page
+    assert "<td>ideal speed-up (layers)</td><td>1.333</td>" in page
     assert "<td>ptb (seq_len 128)</td><td>77.5</td><td>—</td>" in page and "<td>55.25</td>" in page
     assert "01-score/scores.json" in page and "depthprune prune tiny --method bi --n 1" in page
     # least-important ranking by BI: 1 (0.1), 2 (0.3), 0 (0.5), 3 (0.9)
