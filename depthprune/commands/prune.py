@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_arguments, add_output_arguments, data_spec_from_args, print_json
+from .common import add_data_arguments, add_model_arguments, add_output_arguments, data_spec_from_args, print_json
 
 HELP = "remove decoder layers (named, or chosen by a criterion) and save the pruned checkpoint"
 
@@ -25,14 +25,7 @@ def add_arguments(parser) -> None:
     count.add_argument("--n", type=int, default=None, help="with --method: number of layers to remove")
     count.add_argument("--ratio", type=float, default=None, help="with --method: fraction of layers to remove")
     parser.add_argument("--scores", default=None, metavar="FILE", help="reuse a scores.json from depthprune score")
-    parser.add_argument("--data", default=None, metavar="SPEC",
-                        help="calibration data for --method: builtin, self, a .txt/.jsonl/.parquet file or folder, "
-                             "wikitext2, c4, ptb, pg19, or hf:PATH:CONFIG:SPLIT")
-    parser.add_argument("--samples", type=int, default=32, help="number of calibration blocks")
-    parser.add_argument("--seq-len", type=int, default=512, help="tokens per block")
-    parser.add_argument("--seed", type=int, default=0, help="seed for document order and generation")
-    parser.add_argument("--text-field", default=None, help="field holding the text in .jsonl/.parquet (default text)")
-    parser.add_argument("--chat-template", action="store_true", help="wrap each document in the chat template")
+    add_data_arguments(parser, samples=32, seq_len=512, default=None)   # calibration data for --method
     parser.add_argument("--tokens", choices=["last", "all"], default="last", help="angular: tokens compared")
     parser.add_argument("--keep-edges", action=argparse.BooleanOptionalAction, default=None,
                         help="never remove the first 4 / last 2 layers (default: on for taylor, magnitude)")
