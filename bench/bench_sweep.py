@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--heal-steps", type=int, default=12)
     parser.add_argument("--windows", type=int, default=32)
     parser.add_argument("--skip-healed", action="store_true")
+    parser.add_argument("--healed-only", action="store_true", help="reuse OUT/plain (its scores) and run the healed sweep")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 when sharing the cores)")
     args = parser.parse_args()
     if args.threads:
@@ -53,20 +54,20 @@ def main() -> None:
                   samples=16, seq_len=256, eval_seq_len=256, data_dir=str(DATA), max_windows=args.windows)
     loaded = api.load_model("smollm2-135m")
     timings = {}
-    started = time.perf_counter()
-    plain = api.sweep(loaded, n=args.n, output=out / "plain", force=True, **common)
-    timings["plain_s"] = round(time.perf_counter() - started, 1)
-    print("## without healing\n" + table(plain, "wikitext2_ppl"))
+    if not args.healed_only:
+        started = time.perf_counter()
+        plain = api.sweep(loaded, n=args.n, output=out / "plain", force=True, **common)
+        timings["plain_s"] = round(time.perf_counter() - started, 1)
+        print("## without healing\n" + table(plain, "wikitext2_ppl"))
     if not args.skip_healed:
         started = time.perf_counter()
         healed = api.sweep(loaded, n=args.healed_n, heal_steps=args.heal_steps, heal_method="lora",
                            heal_data=common["data"], scores=out / "plain" / "scores.json", output=out / "healed",
-                           force=True, **{k: v for k, v in common.items() if k not in ("data",)},
-                           data=common["data"])
+                           force=True, **common)
         timings["healed_s"] = round(time.perf_counter() - started, 1)
         print("## with LoRA healing\n" + table(healed, "wikitext2_ppl"))
     timings["machine"] = platform.processor() or platform.machine()
-    (out / "timings.json").write_text(json.dumps(timings, indent=2))
+    (out / f"timings{'-healed' if args.healed_only else ''}.json").write_text(json.dumps(timings, indent=2))
     print(json.dumps(timings))
 
 
