@@ -135,7 +135,7 @@ def step_argv(step: RecipeStep, model: str | None, output: str | None, extra: di
 
 
 def parse_step(step: RecipeStep, model: str | None, output: str | None, extra: dict | None = None):
-    """Validate a step and return the verb module and its parsed arguments."""
+    """Validate a step; returns the verb module, its parsed arguments and the equivalent command line."""
     parser, module = _verb_parser(step.verb)
     argv = step_argv(step, model, output, extra)
 
@@ -143,7 +143,7 @@ def parse_step(step: RecipeStep, model: str | None, output: str | None, extra: d
         raise DepthpruneError(f"recipe step {step.index} ({step.verb}): {message}")
 
     parser.error = fail
-    return module, parser.parse_args(argv)
+    return module, parser.parse_args(argv), argv
 
 
 def load_recipe(path: str | Path | dict) -> Recipe:
@@ -246,8 +246,7 @@ def run_recipe(recipe: Recipe | str | Path, output: str | Path | None = None, fo
             target = step_dir / "report.html"
         else:
             target = step_dir
-        module, args = parse_step(step, model, str(target), extra)
-        argv = step_argv(step, model, str(target), extra)
+        module, args, argv = parse_step(step, model, str(target), extra)
         done = step_dir.exists() and not force and step.verb != "report"
         status = "skipped (output exists)" if done else ("planned" if dry_run else "done")
         if not done and not dry_run:
