@@ -27,16 +27,38 @@ COMMANDS = {
 }
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows a default once: only where the help text does not already say it and the default means something.
+
+    argparse's ArgumentDefaultsHelpFormatter appends "(default: None)" even to "... (default text)" and
+    "(default: False)" to every switch.
+    """
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        meaningless = action.default is None or action.default is False or action.default is argparse.SUPPRESS
+        if "default" in text.lower() or meaningless or action.nargs == 0 or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """Parser errors read like every other error: one ``depthprune: error:`` line, exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"depthprune: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="depthprune", description="Make LLMs shallower: score, prune, collapse, "
-                                     "heal and evaluate decoder layers.")
+    parser = Parser(prog="depthprune", description="Make LLMs shallower: score, prune, collapse, heal and evaluate "
+                    "decoder layers.")
     parser.add_argument("--version", action="version", version=f"depthprune {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens step by step")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
         command = sub.add_parser(name, help=module.HELP, description=module.__doc__,
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=HelpFormatter)
         module.add_arguments(command)
         command.set_defaults(_run=module.run)
     return parser

@@ -67,56 +67,108 @@ def _metric_values(results: dict) -> dict:
     return values
 
 
-def sweep_plot(result: dict) -> bytes:
-    """One panel per evaluated metric: value against layers removed, one line per method.
+_SOURCE_NAMES = {"builtin": "CPython docs (builtin)", "wikitext2": "WikiText-2", "c4": "C4", "ptb": "PTB",
+                 "pg19": "PG-19"}
 
-    Perplexity panels are log-scaled and capped at 100x the best value, so that a catastrophic criterion (the
-    last-n chop reaches 1e9 on small models) does not flatten the others; capped points are drawn as triangles on
-    the top edge.
+
+def metric_title(metric: str, result: dict) -> str:
+    """A human title for a sweep metric key: ``wikitext2_ppl`` -> "WikiText-2 perplexity (windows of 256 tokens...)"."""
+    if metric.endswith("_ppl") or "_ppl@" in metric:
+        source, _, length = metric.partition("_ppl")
+        length = length.lstrip("@") or result.get("eval_seq_len")
+        windows = f", first {result['max_windows']} windows" if result.get("max_windows") else ", all windows"
+        return f"{_SOURCE_NAMES.get(source, source)} perplexity (windows of {length} tokens{windows})"
+    task, measure = _task_and_measure(metric)
+    limit = f", first {result['limit']} items" if result.get("limit") else ""
+    return f"{task} {measure}{limit}"
+
+
+def _task_and_measure(metric: str) -> tuple[str, str]:
+    """``piqa_acc_norm`` -> ("piqa", "acc_norm")."""
+    for measure in ("acc_norm", "acc"):
+        if metric.endswith("_" + measure):
+            return metric[:-len(measure) - 1], measure
+    return metric, ""
+
+
+def _compact_number(value: float) -> str:
+    """Tick and marker labels: 20, 50, 200, 1.9e4."""
+    if value >= 1e4 or value < 1e-2:
+        mantissa, exponent = f"{value:.1e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def sweep_plot(result: dict) -> bytes:
+    """The PNG of :func:`sweep_figure`."""
+    import matplotlib.pyplot as plt
+
+    figure = sweep_figure(result)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def sweep_figure(result: dict):
+    """One panel per evaluated metric: value against layers removed, one line per method, the dense model dashed.
+
+    Perplexity panels are log-scaled with ticks at 1-2-5 steps and capped at 100x the best value, so that a
+    catastrophic criterion (the last-n chop reaches 1e9 on small models) does not flatten the others; capped points
+    are drawn as triangles on the top edge, labelled with their true value.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     points = result["points"]
     metrics = [k for k in points[0] if k not in ("method", "n", "removed_layers", "fraction", "seconds",
                                                  "heal_final_loss")]
     columns = min(len(metrics), 2)
     rows = (len(metrics) + columns - 1) // columns
-    figure, axes = plt.subplots(rows, columns, figsize=(7.5 * columns, 4.6 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(7.5 * columns, 4.8 * rows), squeeze=False)
     for axis, metric in zip(axes.flat, metrics):
         is_ppl = metric.endswith("_ppl") or "_ppl@" in metric
         values = [p[metric] for p in points if p.get(metric) is not None]
         cap = min(values) * 100 if is_ppl and values else None
+        dense = next((p[metric] for p in points if p["n"] == 0 and p.get(metric) is not None), None)
+        if dense is not None:
+            axis.axhline(dense, color="0.35", linestyle="--", linewidth=1.2, label=f"dense ({_compact_number(dense)})")
         for method in result["methods"]:
-            line = sorted((p["n"], p[metric]) for p in points if p["method"] == method and p.get(metric) is not None)
+            line = sorted((p["n"], p[metric]) for p in points if p["method"] == method and p.get(metric) is not None
+                          and p["n"] > 0)
             if not line:
                 continue
             xs = [x for x, _ in line]
             ys = [min(y, cap) if cap else y for _, y in line]
             drawn = axis.plot(xs, ys, marker="o", label=method)[0]
-            clipped = [(x, cap) for x, y in line if cap and y > cap]
-            if clipped:
-                axis.plot(*zip(*clipped), linestyle="none", marker="^", markersize=10, color=drawn.get_color())
+            for x, y in line:
+                if cap and y > cap:
+                    axis.plot([x], [cap], linestyle="none", marker="^", markersize=10, color=drawn.get_color())
+                    axis.annotate(_compact_number(y), (x, cap), xytext=(0, -14), textcoords="offset points",
+                                  ha="center", fontsize=7, color=drawn.get_color())
         if is_ppl:
             axis.set_yscale("log")
-            axis.set_ylabel("perplexity (log scale; ▲ = off the scale)")
+            axis.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: _compact_number(value)))
+            axis.yaxis.set_minor_formatter(NullFormatter())
+            axis.set_ylabel("perplexity (log scale; ▲ off the scale, true value below)")
         else:
-            axis.set_ylabel(metric)
+            axis.set_ylabel(_task_and_measure(metric)[1] or metric)
         axis.set_xlabel(f"layers removed (of {result['num_layers']})")
-        axis.set_title(metric + (f" — healed {result['heal']['steps']} steps" if result.get("heal") else ""))
-        axis.grid(alpha=0.3)
+        axis.xaxis.get_major_locator().set_params(integer=True)
+        healed = f" — healed {result['heal']['steps']} steps" if result.get("heal") else ""
+        axis.set_title(metric_title(metric, result) + healed, fontsize=10)
+        axis.grid(alpha=0.3, which="major")
         axis.legend(fontsize=9, title="criterion")
     for axis in list(axes.flat)[len(metrics):]:
         axis.set_visible(False)
     name = result.get("model_source") or Path(str(result["model"])).name
     figure.suptitle(f"{name}: quality against layers removed")
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
-    return buffer.getvalue()
+    return figure
 
 
 def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data="builtin", samples: int = 16,

@@ -28,7 +28,7 @@ def _batch_sizes(text: str) -> list[int]:
 
 def add_arguments(parser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--ppl", default=None, metavar="NAMES", help="perplexity sources: wikitext2,ptb,c4")
+    parser.add_argument("--ppl", default=None, metavar="NAMES", help="perplexity sources, comma-separated: builtin (offline, always there), wikitext2, ptb, c4")
     parser.add_argument("--seq-len", default="2048", help="perplexity window length(s), e.g. 128,2048")
     parser.add_argument("--ppl-max-windows", type=int, default=None, help="score only the first N windows")
     parser.add_argument("--tasks", default=None, metavar="NAMES",

@@ -19,8 +19,12 @@ def _pyplot():
     return plt
 
 
-def write_plots(scores: dict, folder) -> list[str]:
-    """Write every plot the scores allow into ``folder``; returns the file names written."""
+def write_plots(scores: dict, folder, removed_layers=None) -> list[str]:
+    """Write every plot the scores allow into ``folder``; returns the file names written.
+
+    Args:
+        removed_layers: layers a plan removed, highlighted where a plot shows layers (None: no plan yet).
+    """
     folder = Path(folder)
     plt = _pyplot()
     num_layers = int(scores["num_layers"])
@@ -56,14 +60,7 @@ def write_plots(scores: dict, folder) -> list[str]:
         plt.close(fig)
         written.append("angular_min_curve.png")
     if "bi" in scores:
-        fig, ax = plt.subplots(figsize=(8, 4))
-        ax.bar(range(num_layers), scores["bi"])
-        ax.set_xlabel("layer")
-        ax.set_ylabel("Block Influence (1 - cos)")
-        ax.set_title("Block Influence per layer (low = removable)")
-        fig.tight_layout()
-        fig.savefig(folder / "bi.png", dpi=120)
-        plt.close(fig)
+        bi_bar_plot(plt, scores["bi"], folder / "bi.png", removed_layers=removed_layers)
         written.append("bi.png")
     rankings = _rankings(scores)
     if rankings:
@@ -96,3 +93,55 @@ def _rankings(scores: dict) -> dict[str, list[float]]:
         order = {layer: i + 1 for i, layer in enumerate(scores["sleb"])}
         rankings["sleb order"] = [order.get(layer, float("nan")) for layer in range(num_layers)]
     return rankings
+
+
+def outlier_cap(values, factor: float = 3.0) -> float | None:
+    """A y-limit that shows the bulk of ``values``, or None when no value dwarfs the others.
+
+    Block Influence of layer 0 is ~0.99 while the removal candidates lie at 0.02-0.06: on a linear axis they vanish
+    into the bottom 5%. Values above ``factor`` x the median of the rest are outliers; the cap is 1.3 x the largest
+    value that is not one.
+    """
+    import numpy as np
+
+    finite = np.asarray([v for v in values if v == v], dtype=float)
+    if finite.size < 3:
+        return None
+    median = float(np.median(finite))
+    inliers = finite[finite <= factor * max(median, 1e-12)]
+    if inliers.size == finite.size or inliers.size == 0:
+        return None
+    return float(inliers.max()) * 1.3
+
+
+def bi_bar_plot(plt, bi: list[float], path, removed_layers=None) -> None:
+    """BI per layer; bars above an outlier cap are cut at the cap and labelled with their value."""
+    removed = set(removed_layers or [])
+    fig, ax = plt.subplots(figsize=(9, 4))
+    cap = outlier_cap(bi)
+    heights = [min(v, cap) if cap else v for v in bi]
+    colors = ["tab:red" if i in removed else "tab:blue" for i in range(len(bi))]
+    bars = ax.bar(range(len(bi)), heights, color=colors)
+    if cap:
+        ax.set_ylim(0, cap * 1.08)
+        for index, value in enumerate(bi):
+            if value > cap:
+                bars[index].set_hatch("//")
+                ax.annotate(f"{value:.2f} ↑", (index, heights[index]), ha="center", va="top", fontsize=8,
+                            rotation=90, xytext=(0, -4), textcoords="offset points", color="white",
+                            bbox={"boxstyle": "round,pad=0.15", "facecolor": "0.2", "edgecolor": "none"})
+    if removed:
+        from matplotlib.patches import Patch
+
+        ax.legend(handles=[Patch(color="tab:red", label=f"removed ({len(removed)})"), Patch(color="tab:blue",
+                                                                                         label="kept")],
+                  fontsize="small")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("Block Influence (1 - cos)")
+    title = "Block Influence per layer (low = removable)"
+    ax.set_title(title + (" — bars cut at the axis show their value" if cap else ""))
+    ax.set_xticks(range(0, len(bi), 2 if len(bi) > 20 else 1))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
