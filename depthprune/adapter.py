@@ -242,8 +242,13 @@ class ModelAdapter:
         }
 
     # ------------------------------------------------------------------------------------------------ surgery
-    def check_removal(self, layers: Iterable[int], allow_final_layer: bool = False) -> tuple[list[int], list[int]]:
-        """Validate a set of layers to remove; returns ``(removed, kept)``, sorted, in the current numbering."""
+    def check_removal(self, layers: Iterable[int], allow_final_layer: bool = False, allow_first_layer: bool = False,
+                      allow_single_layer: bool = False) -> tuple[list[int], list[int]]:
+        """Validate a set of layers to remove; returns ``(removed, kept)``, sorted, in the current numbering.
+
+        The first and the final layer, and plans that leave a single layer, need an explicit ``allow_*``: a criterion
+        asked for too many layers otherwise silently removes the layers that matter most.
+        """
         layers = list(layers)
         num_layers = self.num_layers
         for index in layers:
@@ -259,6 +264,17 @@ class ModelAdapter:
         removed = sorted(layers)
         if len(removed) >= num_layers:
             raise DepthpruneError(f"cannot remove all {num_layers} layers; keep at least one")
+        if 0 in removed and not allow_first_layer:
+            raise DepthpruneError(
+                "refusing to remove the first layer (0): it turns embeddings into the representation every later "
+                "layer expects; ask for fewer layers, or pass --allow-first-layer (allow_first_layer=True) if you "
+                "mean it"
+            )
+        if num_layers - len(removed) < 2 and not allow_single_layer:
+            raise DepthpruneError(
+                f"removing {len(removed)} of {num_layers} layers leaves one; ask for fewer layers (at most "
+                f"{num_layers - 2}), or pass --allow-single-layer (allow_single_layer=True) if you mean it"
+            )
         if (num_layers - 1) in removed and not allow_final_layer:
             raise DepthpruneError(
                 f"refusing to remove the final layer ({num_layers - 1}): it shapes the output distribution; "
@@ -342,18 +358,21 @@ class ModelAdapter:
             )
 
 
-def remove_layers(model: nn.Module, layers: Iterable[int], allow_final_layer: bool = False) -> list[int]:
+def remove_layers(model: nn.Module, layers: Iterable[int], allow_final_layer: bool = False,
+                  allow_first_layer: bool = False, allow_single_layer: bool = False) -> list[int]:
     """Delete decoder layers in place and fix the config, layer indices and per-layer config lists.
 
     Args:
         model: a causal LM.
         layers: 0-based indices of the layers to delete.
-        allow_final_layer: the final layer is refused unless this is set.
+        allow_final_layer, allow_first_layer, allow_single_layer: the final layer, the first layer and a plan that
+            leaves one layer are refused unless these are set.
 
     Returns:
         The kept layers, in the numbering before the call.
     """
     adapter = ModelAdapter(model)
-    _, kept = adapter.check_removal(layers, allow_final_layer=allow_final_layer)
+    _, kept = adapter.check_removal(layers, allow_final_layer=allow_final_layer, allow_first_layer=allow_first_layer,
+                                    allow_single_layer=allow_single_layer)
     adapter.keep_layers(kept)
     return kept

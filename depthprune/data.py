@@ -13,6 +13,7 @@ A data SPEC is one of:
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import json
@@ -50,6 +51,14 @@ class DataSpec:
     text_field: str | None = None
     chat_template: bool = False
 
+    def check(self) -> "DataSpec":
+        """Read a local file or folder source now, so that a missing, binary or malformed file is one line before
+        any model is loaded (the texts stay cached for the real read). Online and generated sources are checked
+        where they are used."""
+        if self.source not in SPECIAL_SOURCES and self.source not in HF_DATASETS and not self.source.startswith("hf:"):
+            load_texts(self.source, self.text_field)
+        return self
+
     def describe(self) -> dict:
         return {"data": self.source, "samples": self.samples, "seq_len": self.seq_len, "seed": self.seed,
                 "text_field": self.text_field, "chat_template": self.chat_template}
@@ -66,6 +75,15 @@ def builtin_texts() -> list[str]:
 def _open_bytes(path: Path) -> bytes:
     data = path.read_bytes()
     return gzip.decompress(data) if path.suffix == ".gz" else data
+
+
+def looks_binary(raw: bytes, probe: int = 65536) -> bool:
+    """NUL bytes or mostly undecodable bytes in the first ``probe`` bytes: not text (a model file, an archive...)."""
+    head = raw[:probe]
+    if b"\x00" in head:
+        return True
+    decoded = head.decode("utf-8", errors="replace")
+    return len(head) > 0 and decoded.count("\ufffd") > 0.1 * len(decoded)
 
 
 def _inner_suffix(path: Path) -> str:
@@ -91,6 +109,9 @@ def read_file_texts(path: str | Path, text_field: str | None = None) -> list[str
         raw = _open_bytes(path)
     except (OSError, EOFError, gzip.BadGzipFile) as error:
         raise DepthpruneError(f"cannot read data file {path}: {error}") from None
+    if suffix != ".parquet" and looks_binary(raw):
+        raise DepthpruneError(f"{path} is a binary file, not {suffix} text; give a UTF-8 text, JSON Lines or "
+                              "Parquet file")
     if suffix in TEXT_SUFFIXES:
         text = raw.decode("utf-8", errors="replace")
         return [p.strip("\n") for p in text.split("\n\n") if p.strip()]
@@ -124,6 +145,9 @@ def load_hf_dataset(name: str, path: str, config: str | None, split: str, extra:
     except ImportError:
         raise DepthpruneError(f"{name!r} is read with the datasets package: pip install datasets, or "
                               f"{offline_hint}") from None
+    from .hub import require_hub
+
+    require_hub(f"data source {name!r}", offline_hint)
     try:
         return datasets.load_dataset(path, config, split=split, **extra)
     except Exception as error:  # network, missing dataset, bad config: all mean "this source is not available"
@@ -164,9 +188,16 @@ def load_texts(source: str, text_field: str | None = None) -> list[str]:
             raise DepthpruneError(f"data folder {path} holds no {', '.join(SUPPORTED_SUFFIXES)} files")
         return [text for file in files for text in read_file_texts(file, text_field)]
     if path.is_file():
-        return read_file_texts(path, text_field)
+        stat = path.stat()
+        return list(_cached_file_texts(str(path.resolve()), stat.st_mtime_ns, stat.st_size, text_field))
     raise DepthpruneError(f"data {source!r} not found: give a file, a folder, builtin, self, "
                           f"{', '.join(HF_DATASETS)} or hf:PATH:CONFIG:SPLIT")
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_file_texts(path: str, mtime_ns: int, size: int, text_field: str | None) -> tuple[str, ...]:
+    """A file read once per process (keyed by its modification time and size): checked up front, used later."""
+    return tuple(read_file_texts(path, text_field))
 
 
 # ------------------------------------------------------------------------------------------------ tokenising
@@ -230,8 +261,18 @@ def self_generated_blocks(model, tokenizer, samples: int, seq_len: int, seed: in
     vocab = getattr(model.config, "vocab_size", None) or len(tokenizer)
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     device = next(model.parameters()).device
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _CountTokens(StoppingCriteria):
+        """Advances the bar by one token per sample at every generation step (never stops generation)."""
+
+        def __call__(self, input_ids, scores, **kwargs):
+            bar.update(input_ids.shape[0])
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
     blocks = []
-    for start in tqdm(range(0, samples, batch_size), desc="generating calibration text", unit="batch"):
+    bar = tqdm(total=samples * (seq_len - 1), desc="generating calibration text", unit="token")
+    for start in range(0, samples, batch_size):
         count = min(batch_size, samples - start)
         first = []
         while len(first) < count:
@@ -242,8 +283,10 @@ def self_generated_blocks(model, tokenizer, samples: int, seq_len: int, seed: in
         prompt = torch.tensor(first, device=device).view(count, 1)
         output = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, top_k=0, top_p=1.0,
                                 max_new_tokens=seq_len - 1, min_new_tokens=seq_len - 1,
-                                pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id or 0)
+                                pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id or 0,
+                                stopping_criteria=StoppingCriteriaList([_CountTokens()]))
         blocks.append(output[:, :seq_len].cpu())
+    bar.close()
     return torch.cat(blocks, dim=0)
 
 

@@ -7,9 +7,9 @@ from .loading import LoadedModel, load_model
 from .saving import read_metadata
 
 
-def info(model: str | LoadedModel, dtype="auto", trust_remote_code: bool = False) -> dict:
+def info(model: str | LoadedModel, dtype="auto", device="cpu", trust_remote_code: bool = False) -> dict:
     """Architecture, layer count, parameters and dtype of a model (and its depthprune provenance, if any)."""
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype,
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device,
                                                                       trust_remote_code=trust_remote_code)
     summary = {"model": loaded.description, **ModelAdapter(loaded.model).describe()}
     metadata = read_metadata(loaded.checkpoint_dir)

@@ -53,6 +53,26 @@ def parse_dtype(dtype) -> torch.dtype | str:
         raise DepthpruneError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}") from None
 
 
+def check_device(device) -> torch.device:
+    """A device that exists here, or one line naming what is available (before any model is read)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DepthpruneError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DepthpruneError(f"--device {device}: this machine has no CUDA GPU (or this torch build has no CUDA);"
+                                  " use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise DepthpruneError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here, "
+                                  f"numbered from 0")
+    elif parsed.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DepthpruneError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise DepthpruneError(f"--device {device}: depthprune runs on cpu, cuda or mps")
+    return parsed
+
+
 def resolve_alias(name: str) -> tuple[Path, str]:
     """Path of an aliased model file and its description; a clear error when its package is missing."""
     package, filename, description = MODEL_ALIASES[name]
@@ -132,6 +152,7 @@ def load_model(spec: str | os.PathLike, dtype="float32", device: str | torch.dev
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = parse_dtype(dtype)
+    check_device(device)
     source = str(spec)
     description = source
     path = Path(source).expanduser()
@@ -158,6 +179,13 @@ def load_model(spec: str | os.PathLike, dtype="float32", device: str | torch.dev
         raise DepthpruneError(f"{path} is neither a model folder nor a .gguf file")
     elif source.count("/") == 1 and not source.startswith((".", "/", "~")):
         location, kwargs = source, {}   # a hub id
+        from .hub import cached_on_disk, hub_reachable, require_hub
+
+        if cached_on_disk(source) and not hub_reachable():
+            kwargs = {"local_files_only": True}     # in the hub cache: load it without a minute of retries
+        else:
+            require_hub(f"model {source!r}", "give a local checkpoint folder, a .gguf file or the alias "
+                        f"{', '.join(MODEL_ALIASES)} (or set HF_HUB_OFFLINE=0 when online)")
     else:
         raise DepthpruneError(f"model {source!r} not found: not a folder, a .gguf file, a hub id (owner/name) or an "
                               f"alias ({', '.join(MODEL_ALIASES)})")

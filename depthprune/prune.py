@@ -42,12 +42,16 @@ def original_numbering(loaded: LoadedModel, plan: PrunePlan) -> dict:
             "kept_layers": plan.kept_layers, "removed_layers": sorted(plan.removed_layers)}
 
 
-def apply_plan(model, plan: PrunePlan, allow_final_layer: bool = False) -> None:
-    """Remove the plan's layers from ``model`` in place (validating the plan against the model first)."""
+def apply_plan(model, plan: PrunePlan, **allow) -> None:
+    """Remove the plan's layers from ``model`` in place (validating the plan against the model first).
+
+    ``allow`` takes ``allow_final_layer``, ``allow_first_layer`` and ``allow_single_layer`` (see
+    :meth:`ModelAdapter.check_removal`).
+    """
     adapter = ModelAdapter(model)
     if adapter.num_layers != plan.num_layers:
         raise DepthpruneError(f"the plan is for {plan.num_layers} layers but the model has {adapter.num_layers}")
-    _, kept = adapter.check_removal(plan.removed_layers, allow_final_layer=allow_final_layer)
+    _, kept = adapter.check_removal(plan.removed_layers, **allow)
     adapter.keep_layers(kept)
 
 
@@ -60,7 +64,8 @@ def save_pruned(loaded: LoadedModel, plan: PrunePlan, output, force: bool = Fals
 
 
 def prune(model: str | LoadedModel, layers: str | list[int] | None = None, output: str | Path | None = None,
-          force: bool = False, dry_run: bool = False, allow_final_layer: bool = False, dtype="float32", device="cpu",
+          force: bool = False, dry_run: bool = False, allow_final_layer: bool = False, allow_first_layer: bool = False,
+          allow_single_layer: bool = False, dtype="float32", device="cpu",
           trust_remote_code: bool = False, method: str | None = None, n: int | None = None,
           ratio: float | None = None, data=None, scores: str | Path | dict | None = None, tokens: str = "last",
           keep_edges: bool | None = None, batch_size: int = 8) -> PrunePlan:
@@ -73,6 +78,8 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
         force: replace an existing ``output``.
         dry_run: only build and return the plan.
         allow_final_layer: permit removing the last layer.
+        allow_first_layer: permit removing layer 0.
+        allow_single_layer: permit a plan that leaves one layer.
         method: choose the layers by a criterion: angular (best block), bi, ppl, taylor, magnitude (the n least
             important), sleb (iterative), last (layers L-n-1 .. L-2).
         n: layers to remove with ``method``; or ``ratio``, a fraction of the layers.
@@ -104,23 +111,25 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
         if method not in ("last", "magnitude") and scores_data is None and data is None:
             raise DepthpruneError(f"method {method!r} needs calibration data; pass --data SPEC (e.g. builtin or a "
                                   ".txt file) or reuse a scores.json with --scores")
+    allow = {"allow_final_layer": allow_final_layer, "allow_first_layer": allow_first_layer,
+             "allow_single_layer": allow_single_layer}
     loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device,
                                                                       trust_remote_code=trust_remote_code)
     adapter = ModelAdapter(loaded.model)
     extra_files = None
     if method is None:
-        removed, _ = adapter.check_removal(layer_list, allow_final_layer=allow_final_layer)
+        removed, _ = adapter.check_removal(layer_list, **allow)
         plan = PrunePlan(num_layers=adapter.num_layers, removed_layers=removed, method="manual",
                          settings={"layers": format_layer_list(removed)})
     else:
         plan, all_scores = _plan_by_criterion(loaded, adapter, method, n, ratio, data, scores_data, tokens,
-                                              keep_edges, batch_size, allow_final_layer, device)
+                                              keep_edges, batch_size, allow, device)
         if scores is not None and not isinstance(scores, dict):
             plan.settings["scores_file"] = str(scores)
         extra_files = {"scores.json": all_scores} if all_scores else None
     if dry_run:
         return plan
-    apply_plan(loaded.model, plan, allow_final_layer=allow_final_layer)
+    apply_plan(loaded.model, plan, **allow)
     save_pruned(loaded, plan, output, force=force, extra_files=extra_files)
     return plan
 
@@ -144,7 +153,7 @@ def read_scores(scores) -> dict:
 
 
 def _plan_by_criterion(loaded, adapter, method, n, ratio, data, scores_data, tokens, keep_edges, batch_size,
-                       allow_final_layer, device) -> tuple[PrunePlan, dict | None]:
+                       allow: dict, device) -> tuple[PrunePlan, dict | None]:
     from .selection import resolve_count, select_layers
 
     num_layers = adapter.num_layers
@@ -172,8 +181,9 @@ def _plan_by_criterion(loaded, adapter, method, n, ratio, data, scores_data, tok
         all_scores = score_model(loaded.model, configs, input_ids=input_ids, batch_size=batch_size, device=device)
         all_scores = {"model": loaded.description, "data": spec.describe() if input_ids is not None else None,
                       **all_scores}
-    removed, evidence = select_layers(method, all_scores, count, allow_final_layer=allow_final_layer)
-    removed, _ = adapter.check_removal(removed, allow_final_layer=allow_final_layer)
+    removed, evidence = select_layers(method, all_scores, count, allow_final_layer=allow["allow_final_layer"],
+                                      allow_first_layer=allow["allow_first_layer"])
+    removed, _ = adapter.check_removal(removed, **allow)
     settings = {"method": method, "n": count, "ratio": ratio,
                 "data": all_scores.get("data"), "scored_with": all_scores.get("settings", {}).get(method)}
     plan = PrunePlan(num_layers=num_layers, removed_layers=removed, method=method, scores=evidence,

@@ -25,7 +25,19 @@ def check_output_dir(out_dir: str | os.PathLike, force: bool = False) -> Path:
         raise DepthpruneError(f"output {out} already exists; choose another --output or pass --force to replace it")
     if out.exists() and not out.is_dir():
         raise DepthpruneError(f"output {out} exists and is not a folder; remove it or choose another --output")
+    check_writable_parent(out)
     return out
+
+
+def check_writable_parent(out: Path) -> None:
+    """The nearest existing folder above ``out`` must be a writable folder (we create the missing ones)."""
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise DepthpruneError(f"cannot write {out}: {parent} is a file, not a folder; choose another --output")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DepthpruneError(f"cannot write {out}: {parent} is not writable by you; choose another --output")
 
 
 @contextlib.contextmanager

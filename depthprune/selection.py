@@ -40,14 +40,17 @@ def resolve_count(num_layers: int, n: int | None = None, ratio: float | None = N
     return n
 
 
-def _candidates(num_layers: int, protected: Sequence[int], allow_final_layer: bool) -> list[int]:
-    blocked = set(protected) | (set() if allow_final_layer else {num_layers - 1})
+def _candidates(num_layers: int, protected: Sequence[int], allow_final_layer: bool,
+                allow_first_layer: bool = False) -> list[int]:
+    """Layers a criterion may pick: never the first or the final layer unless allowed (like --allow-final-layer)."""
+    blocked = set(protected) | (set() if allow_final_layer else {num_layers - 1}) | \
+        (set() if allow_first_layer else {0})
     return [i for i in range(num_layers) if i not in blocked]
 
 
 def best_block(table: dict, n: int, num_layers: int, protected: Sequence[int] = (),
-               allow_final_layer: bool = False) -> tuple[int, float]:
-    """``argmin_l d(l, n)`` over blocks that avoid protected layers (and the final layer unless allowed).
+               allow_final_layer: bool = False, allow_first_layer: bool = False) -> tuple[int, float]:
+    """``argmin_l d(l, n)`` over blocks that avoid protected layers (and the first/final layer unless allowed).
 
     Args:
         table: ``{n: [d(0, n), ..., d(L - n, n)]}`` (keys may be strings, as in ``scores.json``).
@@ -59,25 +62,26 @@ def best_block(table: dict, n: int, num_layers: int, protected: Sequence[int] = 
     if row is None:
         raise DepthpruneError(f"the angular table has no block size {n} (sizes 1..{num_layers - 1}); "
                               f"--n must be below {num_layers}")
-    allowed = set(_candidates(num_layers, protected, allow_final_layer))
+    allowed = set(_candidates(num_layers, protected, allow_final_layer, allow_first_layer))
     starts = [l for l in range(len(row)) if all(i in allowed for i in range(l, l + n))]
     if not starts:
-        raise DepthpruneError(f"no block of {n} layers avoids the protected layers {sorted(protected)} and the final "
-                              "layer; lower --n or turn the keep-set off (--no-keep-edges)")
+        raise DepthpruneError(f"no block of {n} layers avoids the protected layers {sorted(protected)} and the first "
+                              "and final layer; lower --n or turn the keep-set off (--no-keep-edges)")
     start = min(starts, key=lambda l: (row[l], l))
     return start, float(row[start])
 
 
 def least_important(values: Sequence[float], n: int, protected: Sequence[int] = (),
-                    allow_final_layer: bool = False) -> list[int]:
+                    allow_final_layer: bool = False, allow_first_layer: bool = False) -> list[int]:
     """The ``n`` candidate layers with the lowest score (ties to the lower index), sorted."""
     if any(isinstance(v, float) and math.isnan(v) for v in values):
         raise DepthpruneError("the scores contain NaN (a layer produced non-finite activations); check the model "
                               "and data, or use float32")
-    candidates = _candidates(len(values), protected, allow_final_layer)
+    candidates = _candidates(len(values), protected, allow_final_layer, allow_first_layer)
     if n > len(candidates):
         raise DepthpruneError(f"cannot remove {n} layers: only {len(candidates)} of {len(values)} are candidates "
-                              f"(protected: {sorted(protected)}); lower --n or turn the keep-set off")
+                              f"(protected: {sorted(protected)}, and the first and final layer unless "
+                              "--allow-first-layer/--allow-final-layer); lower --n or turn the keep-set off")
     return sorted(sorted(candidates, key=lambda i: (values[i], i))[:n])
 
 
@@ -89,7 +93,8 @@ def last_n(num_layers: int, n: int) -> list[int]:
     return list(range(num_layers - n - 1, num_layers - 1))
 
 
-def select_layers(method: str, scores: dict, n: int, allow_final_layer: bool = False) -> tuple[list[int], dict]:
+def select_layers(method: str, scores: dict, n: int, allow_final_layer: bool = False,
+                  allow_first_layer: bool = False) -> tuple[list[int], dict]:
     """Layers to remove by ``method`` from a scores dict (the content of ``scores.json``).
 
     Returns:
@@ -105,7 +110,8 @@ def select_layers(method: str, scores: dict, n: int, allow_final_layer: bool = F
                               f"--metrics {method}")
     protected = scores.get("protected", {}).get(method, [])
     if method == "angular":
-        start, distance = best_block(scores["angular"], n, num_layers, protected, allow_final_layer)
+        start, distance = best_block(scores["angular"], n, num_layers, protected, allow_final_layer,
+                                     allow_first_layer)
         removed = list(range(start, start + n))
         row = scores["angular"].get(str(n), scores["angular"].get(n))
         return removed, {"angular_block_start": start, "angular_distance": distance, f"angular_n{n}": row,
@@ -123,5 +129,5 @@ def select_layers(method: str, scores: dict, n: int, allow_final_layer: bool = F
     if len(values) != num_layers:
         raise DepthpruneError(f"scores[{method!r}] has {len(values)} values for {num_layers} layers; the scores file "
                               "is damaged — re-score")
-    removed = least_important(values, n, protected, allow_final_layer)
+    removed = least_important(values, n, protected, allow_final_layer, allow_first_layer)
     return removed, {method: values, "protected": protected}

@@ -50,12 +50,12 @@ def test_invalid_recipes_are_one_line_errors(recipe, message):
 def test_run_chains_models_and_resumes(checkpoint, tmp_path, capsys):
     path = write(tmp_path, {"model": str(checkpoint), "output": str(tmp_path / "run"),
                             "defaults": {"dtype": "float32"},
-                            "steps": [{"prune": {"layers": "1"}}, {"prune": {"layers": "0"}}]})
+                            "steps": [{"prune": {"layers": "1"}}, {"prune": {"layers": "1"}}]})
     first = run_recipe(path)
     assert [s["status"] for s in first["steps"]] == ["done", "done"]
     metadata = json.loads((tmp_path / "run" / "02-prune" / "depthprune.json").read_text())
-    # the second step pruned the first step's output: current layer 0 is original 0, plus original 1 earlier
-    assert metadata["removed_layers"] == [0, 1] and metadata["num_layers"] == 4
+    # the second step pruned the first step's output: current layer 1 is original 2, plus original 1 earlier
+    assert metadata["removed_layers"] == [1, 2] and metadata["num_layers"] == 4
     assert first["model"] == str(tmp_path / "run" / "02-prune")
     assert (tmp_path / "run" / "recipe.yaml").is_file()
 

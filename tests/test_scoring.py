@@ -179,7 +179,7 @@ def test_ppl_criterion_matches_actually_deleting_each_layer(model_type):
     scores = score_model(model, make_configs("ppl"), input_ids=ids, batch_size=2, show_progress=False)
     for layer in range(NUM_LAYERS):
         pruned = copy.deepcopy(model)
-        remove_layers(pruned, [layer], allow_final_layer=True)
+        remove_layers(pruned, [layer], allow_final_layer=True, allow_first_layer=True)
         assert scores["ppl"][layer] == pytest.approx(_perplexity_of(pruned, ids), rel=1e-4), layer
     assert scores["dense_ppl"] == pytest.approx(_perplexity_of(model, ids), rel=1e-4)
 

@@ -23,9 +23,22 @@ def test_best_block_is_the_argmin_that_avoids_the_final_layer():
     assert best_block(TABLE, 2, 6, allow_final_layer=True) == (4, 0.01)
     assert best_block(TABLE, 1, 6) == (3, 0.1)
     assert best_block(TABLE, 1, 6, protected=[3]) == (1, 0.2)
-    assert best_block(TABLE, 5, 6) == (0, 0.5)
     with pytest.raises(DepthpruneError, match="no block of 5 layers"):
-        best_block(TABLE, 5, 6, protected=[2])
+        best_block(TABLE, 5, 6)                                   # 0..4 holds the first layer: refused by default
+    assert best_block(TABLE, 5, 6, allow_first_layer=True) == (0, 0.5)
+    with pytest.raises(DepthpruneError, match="no block of 5 layers"):
+        best_block(TABLE, 5, 6, protected=[2], allow_first_layer=True)
+
+
+def test_criteria_never_pick_the_first_layer_unless_allowed():
+    values = [0.01, 0.5, 0.2, 0.3, 0.9, 0.4]          # layer 0 has the lowest score
+    assert least_important(values, 1) == [2]
+    assert least_important(values, 1, allow_first_layer=True) == [0]
+    scores = {"num_layers": 6, "bi": values}
+    assert select_layers("bi", scores, 2)[0] == [2, 3]
+    assert select_layers("bi", scores, 2, allow_first_layer=True)[0] == [0, 2]
+    with pytest.raises(DepthpruneError, match="only 4 of 6 are candidates"):
+        select_layers("bi", scores, 5)                    # `--n 29` of 30 today left a 1-layer model
 
 
 def test_least_important_takes_the_lowest_candidates_and_breaks_ties_by_index():

@@ -67,7 +67,7 @@ def test_points_equal_hand_pruned_models(tiny_tokenizer, data_dir, tmp_path):
 
     from depthprune.data import calibration_blocks
     bi = hand_bi(model, calibration_blocks("builtin", tiny_tokenizer, samples=4, seq_len=SEQ))
-    lowest = min(range(4), key=lambda i: bi[i])            # the final layer (4) is never a candidate
+    lowest = min(range(1, 4), key=lambda i: bi[i])         # the first (0) and final (4) layer are never candidates
     assert points[("bi", 1)]["removed_layers"] == [lowest]
     assert points[("last", 2)]["removed_layers"] == [2, 3]  # L-n-1 .. L-2
     for key in (("bi", 1), ("last", 2)):

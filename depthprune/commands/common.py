@@ -29,8 +29,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, samples: int = 32, seq_l
 
 
 def data_spec_from_args(args) -> DataSpec:
+    """The verb's data options, with a local source read once now: a bad file fails before any model loads."""
     return DataSpec(source=args.data, samples=args.samples, seq_len=args.seq_len, seed=args.seed,
-                    text_field=args.text_field, chat_template=args.chat_template)
+                    text_field=args.text_field, chat_template=args.chat_template).check()
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:

@@ -10,6 +10,7 @@ HELP = "describe a model: architecture, layers, parameters, dtype"
 def add_arguments(parser) -> None:
     parser.add_argument("model", help="checkpoint folder, .gguf file, Hugging Face hub id, or alias (smollm2-135m)")
     parser.add_argument("--dtype", default="auto", help="dtype to load with (auto keeps the checkpoint's)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
     parser.add_argument("--json", action="store_true", help="print JSON")
 
@@ -17,7 +18,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from ..info import info
 
-    summary = info(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    summary = info(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
     if args.json:
         print_json(summary)
         return 0

@@ -31,6 +31,8 @@ def add_arguments(parser) -> None:
                         help="never remove the first 4 / last 2 layers (default: on for taylor, magnitude)")
     parser.add_argument("--batch-size", type=int, default=8, help="calibration samples per forward")
     parser.add_argument("--allow-final-layer", action="store_true", help="permit removing the last layer")
+    parser.add_argument("--allow-first-layer", action="store_true", help="permit removing layer 0")
+    parser.add_argument("--allow-single-layer", action="store_true", help="permit a plan that leaves one layer")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
     add_output_arguments(parser, required=False)
 
@@ -40,7 +42,8 @@ def run(args) -> int:
 
     data = data_spec_from_args(args) if args.data is not None else None
     plan = prune(args.model, layers=args.layers, output=args.output, force=args.force, dry_run=args.dry_run,
-                 allow_final_layer=args.allow_final_layer, dtype=args.dtype, device=args.device,
+                 allow_final_layer=args.allow_final_layer, allow_first_layer=args.allow_first_layer,
+                 allow_single_layer=args.allow_single_layer, dtype=args.dtype, device=args.device,
                  trust_remote_code=args.trust_remote_code, method=args.method, n=args.n, ratio=args.ratio,
                  data=data, scores=args.scores, tokens=args.tokens, keep_edges=args.keep_edges,
                  batch_size=args.batch_size)
