@@ -248,6 +248,21 @@ def test_resume_refuses_a_changed_budget_schedule_or_data_order_and_names_it(int
     assert not (folder / "out").exists()
 
 
+def test_resume_refuses_a_data_file_edited_in_place(checkpoints, tmp_path):
+    _, pruned_dir = checkpoints
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"Document {i}: the quick brown fox jumps over the lazy dog. " * 12
+                                   for i in range(60)))
+    with pytest.raises(Interrupted):
+        heal(str(pruned_dir), data=str(corpus), output=tmp_path / "out", progress=False, plots=False,
+             callback=stop_at(3), **SETTINGS)
+    corpus.write_text(corpus.read_text().replace("lazy dog", "sleepy cat"))   # same name, same options
+    with pytest.raises(DepthpruneError, match=r"--resume: data_fingerprint \(the token blocks differ\), "
+                                              r"held_out_fingerprint \(the token blocks differ\) differ"):
+        heal(str(pruned_dir), data=str(corpus), output=tmp_path / "out", resume=True, progress=False, plots=False,
+             **SETTINGS)
+
+
 def test_resume_accepts_a_new_learning_rate(interrupted_run, tmp_path):
     pruned_dir, folder = interrupted_run
     result = heal(str(pruned_dir), output=tmp_path / "out", checkpoint_dir=folder / "out.checkpoints", resume=True,

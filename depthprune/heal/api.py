@@ -87,6 +87,7 @@ def curve_png(result: TrainResult, title: str) -> bytes:
 
 def _write_loss_curve(result: TrainResult, output: Path, title: str) -> None:
     """Add ``loss_curve.png`` to the saved output (written aside, then renamed); a failure costs only the plot."""
+    tmp = None
     try:
         png = curve_png(result, title)
         fd, tmp = tempfile.mkstemp(prefix=f".{LOSS_CURVE_FILE}.", dir=output)
@@ -94,9 +95,13 @@ def _write_loss_curve(result: TrainResult, output: Path, title: str) -> None:
             handle.write(png)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, output / LOSS_CURVE_FILE)
+        tmp = None
     except Exception as error:    # noqa: BLE001  (the healed model is saved; a plot must not make that a failure)
         logger.warning("the healed model is saved in %s, but its loss curve could not be drawn (%s: %s)", output,
                        type(error).__name__, error)
+    finally:
+        if tmp is not None:       # also on Ctrl-C: no stray temporary file in the finished output
+            Path(tmp).unlink(missing_ok=True)
 
 
 def _umask() -> int:
