@@ -68,14 +68,17 @@ def add_arguments(parser) -> None:
     run_group.add_argument("--eval-every", type=int, default=UNSET, help="held-out loss every N steps")
     run_group.add_argument("--eval-samples", type=int, default=UNSET, help="held-out blocks")
     run_group.add_argument("--max-loss-ratio", type=float, default=UNSET,
-                           help="stop when a step's loss exceeds this times the lowest so far (default: 4)")
+                           help="stop when a step's loss jumps above this times the running median of the last 32 "
+                                "steps, far outside their spread (default: 4)")
     run_group.add_argument("--max-grad-norm", type=float, default=UNSET,
                            help="gradient clipping norm, 0 for none (default: 1)")
     run_group.add_argument("--save-every", type=int, default=UNSET, help="checkpoint every N steps")
     run_group.add_argument("--checkpoint-dir", default=UNSET, help="where checkpoints go (default OUTPUT.checkpoints)")
-    run_group.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    run_group.add_argument("--resume", action="store_true",
+                           help="continue from the latest checkpoint, with the same options (only --lr may change)")
     run_group.add_argument("--keep-adapter", action="store_true", help="also save the LoRA adapter under adapter/")
     run_group.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run_group.add_argument("--no-plots", action="store_true", help="do not draw loss_curve.png (no matplotlib needed)")
     add_output_arguments(parser)
 
 
@@ -95,7 +98,7 @@ def run(args) -> int:
                   teacher=option("teacher"), config_file=option("config"), keep_adapter=args.keep_adapter,
                   resume=args.resume, force=args.force, checkpoint_dir=option("checkpoint_dir"), dtype=args.dtype,
                   cpu=args.cpu, mixed_precision=option("mixed_precision"), trust_remote_code=args.trust_remote_code,
-                  progress=not args.no_progress, **settings)
+                  progress=not args.no_progress, plots=not args.no_plots, **settings)
     from accelerate import PartialState
 
     if PartialState().is_main_process:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import logging
-import shutil
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,13 +14,14 @@ import torch
 
 from ..data import DataSpec, load_texts, tokenize_blocks
 from ..errors import DepthpruneError
+from ..extras import require
 from ..loading import LoadedModel, load_model
 from ..saving import check_output_dir, read_metadata, save
 from .config import HealConfig, build_config
 from .distill import load_teacher, parameter_bytes, teacher_source
 from .full import make_all_trainable
-from .lora import adapter_state, apply_lora, effective_method, load_qlora_base, merge_adapter_into
-from .trainer import TrainResult, make_accelerator, train
+from .lora import adapter_state, apply_lora, effective_method, load_qlora_base, merge_adapter_into, qlora_source
+from .trainer import TrainResult, make_accelerator, own_checkpoints, remove_own_checkpoints, train
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +35,9 @@ class HealResult:
     train: TrainResult
     metadata: dict
     output: Path | None
+
+
+LOSS_CURVE_FILE = "loss_curve.png"
 
 
 def default_checkpoint_dir(output: str | Path) -> Path:
@@ -79,6 +85,31 @@ def curve_png(result: TrainResult, title: str) -> bytes:
     return buffer.getvalue()
 
 
+def _write_loss_curve(result: TrainResult, output: Path, title: str) -> None:
+    """Add ``loss_curve.png`` to the saved output (written aside, then renamed); a failure costs only the plot."""
+    tmp = None
+    try:
+        png = curve_png(result, title)
+        fd, tmp = tempfile.mkstemp(prefix=f".{LOSS_CURVE_FILE}.", dir=output)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(png)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, output / LOSS_CURVE_FILE)
+        tmp = None
+    except Exception as error:    # noqa: BLE001  (the healed model is saved; a plot must not make that a failure)
+        logger.warning("the healed model is saved in %s, but its loss curve could not be drawn (%s: %s)", output,
+                       type(error).__name__, error)
+    finally:
+        if tmp is not None:       # also on Ctrl-C: no stray temporary file in the finished output
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def provenance(loaded: LoadedModel, num_layers: int) -> dict:
     """The pruning provenance carried over from the input checkpoint (or that of an unpruned model)."""
     parent = read_metadata(loaded.checkpoint_dir)
@@ -97,7 +128,7 @@ def heal(model: str | LoadedModel, data: str | DataSpec = "builtin", output: str
          config_file: str | None = None, keep_adapter: bool = False, resume: bool = False, force: bool = False,
          checkpoint_dir: str | Path | None = None, dtype="float32", cpu: bool = False,
          mixed_precision: str | None = None, trust_remote_code: bool = False, progress: bool = True,
-         callback=None, **settings) -> HealResult:
+         plots: bool = True, callback=None, **settings) -> HealResult:
     """Heal a (pruned) model with LoRA, QLoRA, continued pretraining or distillation; save it merged.
 
     Args:
@@ -111,10 +142,16 @@ def heal(model: str | LoadedModel, data: str | DataSpec = "builtin", output: str
         teacher: the unpruned model for distillation (default: ``base_model`` in the checkpoint's depthprune.json).
         config_file: a YAML file of :class:`HealConfig` settings (between the preset and explicit settings).
         keep_adapter: also save the LoRA adapter alone under ``adapter/``.
-        resume: continue from the latest checkpoint in ``checkpoint_dir``.
-        checkpoint_dir: where ``--save-every`` checkpoints go (default ``OUTPUT.checkpoints``; removed on success).
+        resume: continue from the latest checkpoint in ``checkpoint_dir`` (every setting that shapes the data
+            order, the schedule or the budget must be the same; the learning rate may change).
+        force: replace an existing ``output``, and start afresh over earlier checkpoints of ours in
+            ``checkpoint_dir``.
+        checkpoint_dir: where ``--save-every`` checkpoints go (default ``OUTPUT.checkpoints``). Once the model is
+            saved, the checkpoints depthprune wrote there are removed, and the folder if nothing else is in it;
+            other files in it are never touched.
         cpu: train on the CPU even when a GPU is present.
         mixed_precision: ``no``, ``bf16`` or ``fp16`` (default: accelerate's configuration).
+        plots: draw ``loss_curve.png`` (needs matplotlib; drawn after the model is saved).
         callback: called as ``callback(step, loss)`` after every optimizer step (logging, early stopping).
         settings: any :class:`HealConfig` field (``rank``, ``lr``, ``max_steps``, ``tokens``, ...).
 
@@ -122,6 +159,9 @@ def heal(model: str | LoadedModel, data: str | DataSpec = "builtin", output: str
         A :class:`HealResult`.
     """
     spec = data if isinstance(data, DataSpec) else DataSpec(source=str(data), samples=0)
+    if spec.source == "self":
+        raise DepthpruneError("--data self (text the model generates itself) cannot heal a model: it would learn its "
+                              "own damaged output; pass a corpus such as builtin, c4 or a .jsonl file")
     settings.setdefault("seq_len", spec.seq_len if isinstance(data, DataSpec) else None)
     settings.setdefault("seed", spec.seed if isinstance(data, DataSpec) else None)
     config = build_config(preset=preset, config_file=config_file, method=method, **settings)
@@ -131,29 +171,37 @@ def heal(model: str | LoadedModel, data: str | DataSpec = "builtin", output: str
     output = Path(output)
     check_output_dir(output, force)       # fail before loading anything
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else default_checkpoint_dir(output)
-    if not resume and checkpoint_dir.exists() and any(checkpoint_dir.iterdir()):
-        if not force:
-            raise DepthpruneError(f"{checkpoint_dir} holds checkpoints of an earlier run; pass --resume to continue "
-                                  "it or --force to start afresh")
+    if checkpoint_dir.exists() and not checkpoint_dir.is_dir():
+        raise DepthpruneError(f"--checkpoint-dir {checkpoint_dir} is a file; name a folder")
+    if not resume and own_checkpoints(checkpoint_dir) and not force:
+        raise DepthpruneError(f"{checkpoint_dir} holds checkpoints of an earlier run; pass --resume to continue "
+                              "it or --force to start afresh")
     if config.method == "distill" and keep_adapter:
         raise DepthpruneError("--keep-adapter needs --method lora or qlora (distillation trains all weights)")
     if config.method == "full" and keep_adapter:
         raise DepthpruneError("--keep-adapter needs --method lora or qlora (full training has no adapter)")
     run_method = effective_method(config)   # refuses QLoRA without CUDA unless --qlora-fallback
+    # Everything optional this run will import, checked before anything is loaded or trained
+    needed_packages = ["accelerate"] + (["peft"] if run_method in ("lora", "qlora") else []) + \
+        (["bitsandbytes"] if run_method == "qlora" else []) + (["matplotlib"] if plots else [])
+    require(*needed_packages, purpose="heal" + ("" if not plots else " (with its loss curve; --no-plots skips it)"))
 
     accelerator = make_accelerator(config, cpu=cpu, mixed_precision=mixed_precision)
     if run_method == "qlora" and _sharded(accelerator):
         raise DepthpruneError("QLoRA under FSDP/DeepSpeed is not supported; launch it data-parallel "
                               "(examples/accelerate/ddp.yaml) or use --method lora")
-    if accelerator.is_main_process and not resume and checkpoint_dir.exists():
-        shutil.rmtree(checkpoint_dir)
+    if accelerator.is_main_process and not resume and force:
+        remove_own_checkpoints(checkpoint_dir)     # ours only: the folder may hold the user's files
     accelerator.wait_for_everyone()
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype,
-                                                                      trust_remote_code=trust_remote_code)
+    if run_method == "qlora":
+        # The weights are read once, in 4 bits; config and tokenizer come without them
+        loaded = model if isinstance(model, LoadedModel) else qlora_source(model, trust_remote_code)
+        if loaded.checkpoint_dir is None:
+            raise DepthpruneError("QLoRA reads the model in 4 bits from a checkpoint folder; save the model first")
+    else:
+        loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype,
+                                                                          trust_remote_code=trust_remote_code)
     from ..adapter import ModelAdapter
-
-    num_layers = ModelAdapter(loaded.model).num_layers
-    recipe_metadata = provenance(loaded, num_layers)
 
     teacher_model, teacher_name = None, None
     if config.method == "distill":
@@ -165,21 +213,26 @@ def heal(model: str | LoadedModel, data: str | DataSpec = "builtin", output: str
 
     set_seed(config.seed)   # LoRA's initial A matrices and dropout masks: the same run gives the same model
     if run_method == "qlora":
-        if loaded.checkpoint_dir is None:
-            raise DepthpruneError("QLoRA reloads the model in 4 bits from a checkpoint folder; save the model first")
         student = load_qlora_base(loaded.checkpoint_dir, accelerator.local_process_index, trust_remote_code)
+        num_layers = ModelAdapter(student).num_layers
         student = apply_lora(student, config)
     elif run_method == "lora":
+        num_layers = ModelAdapter(loaded.model).num_layers
         student = apply_lora(loaded.model, config)
     else:
+        num_layers = ModelAdapter(loaded.model).num_layers
         student = make_all_trainable(loaded.model)
+    recipe_metadata = provenance(loaded, num_layers)
 
     needed = config.resolve_steps(accelerator.num_processes) * config.grad_accum * config.batch_size * \
         accelerator.num_processes
     train_blocks, eval_blocks = healing_blocks(spec, loaded.tokenizer, needed, config.eval_samples)
+    # the data spec besides the token blocks themselves, so that a refused --resume can name what changed
+    run_identity = {f"data.{key}": value for key, value in spec.describe().items() if key not in ("seq_len", "seed")}
     result = train(student, train_blocks, eval_blocks, config, accelerator=accelerator,
                    checkpoint_dir=checkpoint_dir, resume=resume, teacher=teacher_model, callback=callback,
-                   progress=progress)
+                   progress=progress, run_identity=run_identity)
+    del student           # QLoRA frees the 4-bit model before it reads the full-precision weights to merge into
 
     healed, extra_files = _finalize(result, run_method, config, loaded, accelerator, keep_adapter, trust_remote_code)
     state = result.state
@@ -188,6 +241,7 @@ def heal(model: str | LoadedModel, data: str | DataSpec = "builtin", output: str
         "warmup_steps_used": result.warmup_steps, "data": spec.describe() | {"samples": len(train_blocks),
                                                                               "eval_samples": len(eval_blocks)},
         "steps": state.step, "tokens_seen": state.tokens_seen, "num_processes": state.num_processes,
+        "skipped_steps": state.skipped_steps,
         "tokens_per_second": result.tokens_per_second, "resumed_from_step": result.resumed_from,
         "final_train_loss": state.train_losses[-1] if state.train_losses else None,
         "initial_eval_loss": state.eval_losses[0][1] if state.eval_losses else None,
@@ -198,10 +252,10 @@ def heal(model: str | LoadedModel, data: str | DataSpec = "builtin", output: str
     }
     metadata = {**recipe_metadata, "healing": healing}
     if accelerator.is_main_process:
-        extra_files["loss_curve.png"] = curve_png(result, f"{config.preset or config.method} on "
-                                                          f"{Path(spec.source).name}")
         save(healed, loaded.tokenizer, output, metadata=metadata, force=force, extra_files=extra_files)
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        remove_own_checkpoints(checkpoint_dir)      # the model is safe on disk; the user's files there stay
+        if plots:                                   # optional, so only once the model is saved
+            _write_loss_curve(result, output, f"{config.preset or config.method} on {Path(spec.source).name}")
     accelerator.wait_for_everyone()
     return HealResult(model=healed, config=config, train=result, metadata=metadata,
                       output=output)
@@ -223,6 +277,15 @@ def _finalize(result: TrainResult, run_method: str, config: HealConfig, loaded: 
     if keep_adapter:
         extra_files.update(_adapter_files(model))
     if run_method == "qlora" and not _sharded(accelerator):
+        # Free the 4-bit model first: the merge then holds one full-precision copy (and the adapter) at most
+        del model
+        result.model = result.prepared_model = None
+        accelerator.free_memory()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if not accelerator.is_main_process:      # only the main process saves: one full-precision copy in all
+            return None, extra_files
         base = load_model(loaded.checkpoint_dir, dtype="float32", trust_remote_code=trust_remote_code).model
         merged = merge_adapter_into(base, config, state)
     else:

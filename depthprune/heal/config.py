@@ -52,7 +52,7 @@ class HealConfig:
     eval_samples: int = 16              # held-out blocks
     save_every: int = 100
     seed: int = 0
-    max_loss_ratio: float = 4.0         # stop when a step's loss exceeds this times the lowest seen (or is not finite)
+    max_loss_ratio: float = 4.0         # stop when a step's loss jumps above this times the running median
     preset: str | None = None
 
     def __post_init__(self):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -71,9 +73,14 @@ def resolve_targets(model: nn.Module, targets: str) -> tuple[list[str], list[str
 def lora_config(model: nn.Module, config: HealConfig):
     from peft import LoraConfig
 
-    suffixes, _ = resolve_targets(model, config.targets)
+    from transformers.pytorch_utils import Conv1D
+
+    suffixes, names = resolve_targets(model, config.targets)
+    # GPT-2's Conv1D stores its weight transposed (fan_in, fan_out); say so rather than let peft guess and warn
+    modules = dict(model.named_modules())
+    transposed = any(isinstance(modules[name], Conv1D) for name in names)
     return LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, lora_dropout=config.dropout,
-                      target_modules=suffixes, bias="none", task_type="CAUSAL_LM")
+                      target_modules=suffixes, bias="none", task_type="CAUSAL_LM", fan_in_fan_out=transposed)
 
 
 def apply_lora(model: nn.Module, config: HealConfig) -> nn.Module:
@@ -82,7 +89,11 @@ def apply_lora(model: nn.Module, config: HealConfig) -> nn.Module:
 
     peft_config = lora_config(model, config)
     _, expected = resolve_targets(model, config.targets)
-    peft_model = get_peft_model(model, peft_config)
+    with warnings.catch_warnings():
+        # peft (<= 0.21) reads transformers' deprecated `is_gradient_checkpointing` alias inside get_peft_model;
+        # the call is peft's, not ours, and there is no argument that avoids it
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        peft_model = get_peft_model(model, peft_config)
     adapted = sorted(name.removeprefix("base_model.model.") for name, module in peft_model.named_modules()
                      if hasattr(module, "lora_A") and isinstance(getattr(module, "lora_A", None), nn.ModuleDict))
     if adapted != expected:
@@ -114,9 +125,29 @@ def effective_method(config: HealConfig) -> str:
     raise DepthpruneError(f"{reason}; use --method lora, or pass --qlora-fallback to train plain LoRA instead")
 
 
+def qlora_source(spec, trust_remote_code: bool = False):
+    """The checkpoint folder QLoRA trains on, with its tokenizer but WITHOUT its weights (``model`` is None):
+    QLoRA reads the weights once, in 4 bits (:func:`load_qlora_base`)."""
+    from transformers import AutoTokenizer
+
+    from ..loading import LoadedModel
+
+    folder = Path(str(spec)).expanduser()
+    if not (folder / "config.json").is_file():
+        raise DepthpruneError(f"QLoRA reads the model in 4 bits from a checkpoint folder and {spec} is not one (no "
+                              "config.json); save or prune it to a folder first")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError) as error:
+        raise DepthpruneError(f"{folder} has no usable tokenizer ({type(error).__name__}); copy the base model's "
+                              "tokenizer files into it") from None
+    return LoadedModel(model=None, tokenizer=tokenizer, source=str(spec), description=str(folder.resolve()),
+                       checkpoint_dir=folder)
+
+
 def load_qlora_base(checkpoint_dir, device_index: int, trust_remote_code: bool = False) -> nn.Module:
     """The checkpoint with its linear layers in 4-bit NF4 (double quantisation, bf16 compute), ready for k-bit
-    training (the QLoRA recipe)."""
+    training (the QLoRA recipe). This is the only read of the weights during QLoRA training."""
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 

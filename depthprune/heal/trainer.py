@@ -10,14 +10,18 @@ run was interrupted, and a 2-process run with batch b sees what a 1-process run 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import os
+import re
 import shutil
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,10 +36,23 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
 CHECKPOINT_PREFIX = "step-"
-# Settings that must not change between an interrupted run and its --resume (they decide data order and schedule).
-# The learning rate may change (the way out of a diverged run is to lower it and resume).
-RESUME_KEYS = ("method", "rank", "alpha", "targets", "betas", "weight_decay", "batch_size", "grad_accum",
-               "seq_len", "seed", "schedule", "temperature", "lm_loss_weight")
+# Our checkpoint folders: step-NNNNNNNN holding a state file we wrote; while being written, .step-NNNNNNNN.tmp.
+# Nothing else in a checkpoint folder is ever deleted (it may be the user's own folder).
+_CHECKPOINT_NAME = re.compile(r"step-\d{8}")
+_PARTIAL_CHECKPOINT_NAME = re.compile(r"\.step-\d{8}\.tmp")
+# Recipe settings that must not change between an interrupted run and its --resume: they decide the model being
+# trained, the data order, the schedule and the budget. The learning rate may change (the way out of a diverged
+# run is to lower it and resume), and so may eval_every, save_every, max_grad_norm and max_loss_ratio.
+RESUME_KEYS = ("method", "rank", "alpha", "dropout", "targets", "betas", "weight_decay", "batch_size", "grad_accum",
+               "seq_len", "seed", "schedule", "warmup_steps", "max_steps", "tokens", "eval_samples", "temperature",
+               "lm_loss_weight")
+# Loss history the divergence check compares a step with (a running median, robust to single noisy batches).
+DIVERGENCE_WINDOW = 32
+DIVERGENCE_MIN_HISTORY = 3
+# A loss counts as a jump only when it is also this many robust standard deviations (1.4826 MAD) above the median.
+DIVERGENCE_SPREAD = 10.0
+# fp16: the loss scaler halves its scale on each overflow; this many skipped steps in a row is not a transient.
+MAX_CONSECUTIVE_SKIPPED = 25
 
 
 class LossDiverged(DepthpruneError):
@@ -53,17 +70,19 @@ class TrainState:
     num_steps: int = 0
     num_processes: int = 1
     settings: dict = field(default_factory=dict)
+    skipped_steps: list[int] = field(default_factory=list)          # fp16 overflow: the update was not applied
 
     def to_dict(self) -> dict:
         return {"step": self.step, "tokens_seen": self.tokens_seen, "train_losses": self.train_losses,
                 "eval_losses": [list(e) for e in self.eval_losses], "num_steps": self.num_steps,
-                "num_processes": self.num_processes, "settings": self.settings}
+                "num_processes": self.num_processes, "settings": self.settings, "skipped_steps": self.skipped_steps}
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainState":
         return cls(step=data["step"], tokens_seen=data["tokens_seen"], train_losses=list(data["train_losses"]),
                    eval_losses=[(int(s), float(v)) for s, v in data["eval_losses"]], num_steps=data["num_steps"],
-                   num_processes=data["num_processes"], settings=data["settings"])
+                   num_processes=data["num_processes"], settings=data["settings"],
+                   skipped_steps=list(data.get("skipped_steps", [])))
 
 
 @dataclass
@@ -98,13 +117,71 @@ def data_order(num_blocks: int, count: int, seed: int) -> torch.Tensor:
     return torch.cat(perms)[:count]
 
 
+def check_launch_settings(env: Mapping[str, str], grad_accum: int, max_grad_norm: float,
+                          deepspeed_file: Mapping | None = None) -> None:
+    """Refuse a launch configuration that sets gradient accumulation or clipping differently from the CLI.
+
+    ``--grad-accum`` and ``--max-grad-norm`` are the one source of both (they shape the data order and the token
+    budget); an accelerate config (``deepspeed_config.gradient_accumulation_steps``/``gradient_clipping``, which
+    ``accelerate launch`` passes on as ACCELERATE_GRADIENT_ACCUMULATION_STEPS/ACCELERATE_GRADIENT_CLIPPING) or a
+    DeepSpeed JSON file may say ``auto`` or the same value; anything else would be silently overridden one way or
+    the other, so it is an error.
+
+    Args:
+        env: the process environment (what ``accelerate launch`` set).
+        grad_accum, max_grad_norm: the run's settings (``max_grad_norm`` 0: no clipping).
+        deepspeed_file: the JSON of ``ACCELERATE_DEEPSPEED_CONFIG_FILE``, when one is used.
+    """
+    sources = [("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", env.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS"),
+                "--grad-accum", grad_accum),
+               ("ACCELERATE_GRADIENT_CLIPPING", env.get("ACCELERATE_GRADIENT_CLIPPING"),
+                "--max-grad-norm", max_grad_norm)]
+    if deepspeed_file is not None:
+        sources += [("gradient_accumulation_steps in the DeepSpeed config file",
+                     deepspeed_file.get("gradient_accumulation_steps"), "--grad-accum", grad_accum),
+                    ("gradient_clipping in the DeepSpeed config file", deepspeed_file.get("gradient_clipping"),
+                     "--max-grad-norm", max_grad_norm)]
+    for where, value, option, ours in sources:
+        if value is None or str(value).strip().lower() in ("auto", "none", ""):
+            continue
+        try:
+            same = float(value) == float(ours)
+        except ValueError:
+            raise DepthpruneError(f"{where} is {value!r}, not a number; set it to auto (depthprune takes it from "
+                                  f"{option})") from None
+        if not same:
+            raise DepthpruneError(f"{where} is {value} but {option} is {ours}; set it to auto in the accelerate "
+                                  f"config (as examples/accelerate/deepspeed.yaml does) or pass {option} {value}")
+
+
+def deepspeed_plugin(config: HealConfig):
+    """The DeepSpeed settings of this run: accumulation and clipping from the CLI, the rest from the launch config."""
+    from accelerate.utils import DeepSpeedPlugin
+
+    # gradient_clipping 0.0 leaves the key out of the DeepSpeed config: DeepSpeed's own default, no clipping
+    return DeepSpeedPlugin(gradient_accumulation_steps=config.grad_accum,
+                           gradient_clipping=float(config.max_grad_norm))
+
+
 def make_accelerator(config: HealConfig, cpu: bool = False, mixed_precision: str | None = None):
-    """The Accelerator of this process; refuses a launch whose processes did not join one group."""
-    import os
-
+    """The Accelerator of this process; refuses a launch whose processes did not join one group, and one whose
+    config sets gradient accumulation or clipping differently from the CLI."""
     from accelerate import Accelerator
+    from accelerate.utils import GradientAccumulationPlugin
 
-    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, cpu=cpu, mixed_precision=mixed_precision)
+    deepspeed_file = None
+    if os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none") != "none":
+        try:
+            deepspeed_file = json.loads(Path(os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"]).read_text())
+        except (OSError, ValueError):
+            deepspeed_file = None          # accelerate reports an unreadable file itself
+    check_launch_settings(os.environ, config.grad_accum, config.max_grad_norm, deepspeed_file)
+    # An explicit plugin: accelerate would otherwise read ACCELERATE_GRADIENT_ACCUMULATION_STEPS and fail on "auto"
+    extra = {}
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        extra["deepspeed_plugin"] = deepspeed_plugin(config)
+    accelerator = Accelerator(gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=config.grad_accum),
+                              cpu=cpu, mixed_precision=mixed_precision, **extra)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and accelerator.num_processes != launched:
         # e.g. `accelerate launch --multi_gpu` on a machine without GPUs: every process would train alone
@@ -155,9 +232,55 @@ def evaluate(model, loader, accelerator) -> float:
     return torch.cat(losses).mean().item() if losses else float("nan")
 
 
-def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    found = sorted(p for p in Path(checkpoint_dir).glob(f"{CHECKPOINT_PREFIX}*") if (p / STATE_FILE).is_file())
+def is_own_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a finished checkpoint depthprune wrote: ``step-NNNNNNNN`` holding our state file."""
+    if not (_CHECKPOINT_NAME.fullmatch(path.name) and path.is_dir() and (path / STATE_FILE).is_file()):
+        return False
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and {"step", "tokens_seen", "train_losses", "settings"} <= state.keys()
+
+
+def own_checkpoints(checkpoint_dir: str | Path) -> list[Path]:
+    """The finished checkpoints depthprune wrote in ``checkpoint_dir``, oldest first."""
+    folder = Path(checkpoint_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if is_own_checkpoint(p))
+
+
+def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
+    found = own_checkpoints(checkpoint_dir)
     return found[-1] if found else None
+
+
+def remove_own_checkpoints(checkpoint_dir: str | Path) -> None:
+    """Delete the checkpoints depthprune wrote (finished ones and ones interrupted while being written) and then the
+    folder if nothing else is left in it; anything else in the folder is the user's and stays."""
+    folder = Path(checkpoint_dir)
+    if not folder.is_dir():
+        return
+    for path in own_checkpoints(folder):
+        shutil.rmtree(path)
+    for path in folder.iterdir():
+        if _PARTIAL_CHECKPOINT_NAME.fullmatch(path.name) and path.is_dir():
+            shutil.rmtree(path)
+    try:
+        folder.rmdir()             # only succeeds when empty
+    except OSError:
+        pass
+
+
+def blocks_fingerprint(blocks: torch.Tensor | None) -> str | None:
+    """A digest of token blocks (their shape and ids): any change of data, samples, seq-len, seed or split shows."""
+    if blocks is None:
+        return None
+    ids = blocks.detach().to("cpu", torch.int64).contiguous()
+    digest = hashlib.sha256(str(tuple(ids.shape)).encode())
+    digest.update(ids.numpy().data)
+    return digest.hexdigest()[:32]
 
 
 def _settings(config: HealConfig) -> dict:
@@ -165,10 +288,30 @@ def _settings(config: HealConfig) -> dict:
     return {key: data[key] for key in RESUME_KEYS + ("lr",)}
 
 
+def resume_differences(saved: Mapping, current: Mapping) -> list[str]:
+    """``name (saved -> current)`` for every setting that must match on --resume but does not (``lr`` may change)."""
+    changed = []
+    for key in sorted(set(saved) | set(current)):
+        if key == "lr":
+            continue
+        before, after = saved.get(key, "not recorded"), current.get(key, "not recorded")
+        if _comparable(before) != _comparable(after):
+            changed.append(f"{key} ({before} -> {after})" if "fingerprint" not in key else f"{key} (the token blocks "
+                                                                                           "differ)")
+    return changed
+
+
+def _comparable(value):
+    return [_comparable(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
 def _save_checkpoint(accelerator, checkpoint_dir: Path, state: TrainState) -> Path:
     """Save the full training state to ``step-NNNNNNNN`` (written aside, then renamed) and drop older ones."""
     final = checkpoint_dir / f"{CHECKPOINT_PREFIX}{state.step:08d}"
     tmp = checkpoint_dir / f".{final.name}.tmp"
+    if accelerator.is_main_process and final.exists() and not is_own_checkpoint(final):
+        raise DepthpruneError(f"{final} exists and was not written by depthprune; move it or choose another "
+                              "--checkpoint-dir")
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
@@ -179,16 +322,60 @@ def _save_checkpoint(accelerator, checkpoint_dir: Path, state: TrainState) -> Pa
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
-        # keep two: if the next steps diverge, the newest may hold the weights that diverged (see _check_divergence)
-        for older in sorted(checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*"))[:-2]:
+        # keep two: if the next steps diverge, the newest may hold the weights that diverged (see _stop_diverged)
+        for older in own_checkpoints(checkpoint_dir)[:-2]:
             shutil.rmtree(older, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 
 
+def divergence_problem(loss: float, grad_norm: float | None, recent_losses: Sequence[float],
+                       max_loss_ratio: float, loss_scaling: bool = False) -> str | None:
+    """Why this optimizer step must not be applied, or None. Scale-free: it compares the loss with the running median
+    of the recent losses, so an LM loss near 3 and a distillation KL near 0.05 are judged alike.
+
+    A step diverged when its loss is not finite; when its gradient norm is not finite (except under an fp16 loss
+    scaler, which skips such a step itself and lowers its scale); or when its loss jumps above ``max_loss_ratio``
+    times the median of the recent losses AND lies far outside their spread (more than ``DIVERGENCE_SPREAD`` robust
+    standard deviations above the median), so that a noisy batch of a noisy loss is not a divergence.
+
+    Args:
+        loss: this step's loss (averaged over processes and micro-batches).
+        grad_norm: its gradient norm before clipping (None when not measured).
+        recent_losses: the losses of the steps before, oldest first (only the last ``DIVERGENCE_WINDOW`` count;
+            the jump test needs ``DIVERGENCE_MIN_HISTORY`` of them).
+        max_loss_ratio: how many times the running median a jump must exceed.
+        loss_scaling: an fp16 loss scaler is active.
+    """
+    norm = float(grad_norm) if grad_norm is not None else 0.0
+    if not math.isfinite(loss):
+        return f"the loss became {loss} (gradient norm {norm})"
+    if not math.isfinite(norm) and not loss_scaling:
+        return f"the gradient norm became {norm} (loss {loss:.4g})"
+    window = [x for x in recent_losses[-DIVERGENCE_WINDOW:] if math.isfinite(x)]
+    if len(window) < DIVERGENCE_MIN_HISTORY:
+        return None
+    median = statistics.median(window)
+    spread = 1.4826 * statistics.median(abs(x - median) for x in window)   # a standard deviation, robustly
+    if loss > max_loss_ratio * median and loss - median > DIVERGENCE_SPREAD * spread:
+        return (f"the loss jumped to {loss:.4g} (more than {max_loss_ratio}x the running median {median:.4g} of the "
+                f"last {len(window)} steps)")
+    return None
+
+
+def loss_scaler_active(accelerator) -> bool:
+    """Whether an fp16 loss scaler may skip optimizer steps (accelerate's GradScaler, or DeepSpeed's own)."""
+    from accelerate.utils import DistributedType
+
+    if getattr(accelerator, "scaler", None) is not None:
+        return True
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.mixed_precision == "fp16"
+
+
 def train(model: nn.Module, train_blocks: torch.Tensor, eval_blocks: torch.Tensor | None, config: HealConfig,
           accelerator=None, checkpoint_dir: str | Path | None = None, resume: bool = False, teacher=None,
-          callback: Callable[[int, float], None] | None = None, progress: bool = True) -> TrainResult:
+          callback: Callable[[int, float], None] | None = None, progress: bool = True,
+          run_identity: Mapping | None = None) -> TrainResult:
     """Train ``model`` (its trainable parameters) on token blocks with ``config``'s method and schedule.
 
     Args:
@@ -203,10 +390,13 @@ def train(model: nn.Module, train_blocks: torch.Tensor, eval_blocks: torch.Tenso
         teacher: for distillation, the frozen teacher model.
         callback: called as ``callback(step, loss)`` after every optimizer step on every process.
         progress: show a progress bar (main process only).
+        run_identity: more settings that must not change on --resume (``heal`` passes the data spec); the
+            recipe's own (:data:`RESUME_KEYS`), the step budget and digests of the token blocks are always checked.
 
     Returns:
-        A :class:`TrainResult`. Raises :class:`LossDiverged` when the loss is NaN/inf or exceeds
-        ``max_loss_ratio`` times the lowest loss seen; the weights are then not saved, the checkpoints stay.
+        A :class:`TrainResult`. Raises :class:`LossDiverged` when a step diverges (see :func:`divergence_problem`);
+        the weights are then not saved, the checkpoints stay. Under an fp16 loss scaler an overflowing step is
+        skipped (no update, no schedule step), counted in ``state.skipped_steps``, and the run goes on.
     """
     from tqdm.auto import tqdm
 
@@ -233,6 +423,24 @@ def train(model: nn.Module, train_blocks: torch.Tensor, eval_blocks: torch.Tenso
         eval_loader = torch.utils.data.DataLoader(eval_blocks, batch_size=config.batch_size, shuffle=False,
                                                   generator=torch.Generator().manual_seed(config.seed))
 
+    settings = {**_settings(config), **dict(run_identity or {}), "num_steps": num_steps, "warmup_steps_used": warmup,
+                "data_fingerprint": blocks_fingerprint(train_blocks), "held_out_fingerprint":
+                blocks_fingerprint(eval_blocks if eval_blocks is not None and len(eval_blocks) else None)}
+    state = TrainState(num_steps=num_steps, num_processes=num_processes, settings=settings)
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    saved, last = None, None
+    if resume:            # checked before anything is built: a changed budget or data order is refused, not obeyed
+        last = latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+        if last is None:
+            raise DepthpruneError(f"--resume: no checkpoint in {checkpoint_dir}; run without --resume to start afresh")
+        saved = TrainState.from_dict(json.loads((last / STATE_FILE).read_text()))
+        changed = resume_differences(saved.settings, settings)
+        if saved.num_processes != num_processes:
+            changed.append(f"number of processes ({saved.num_processes} -> {num_processes})")
+        if changed:
+            raise DepthpruneError(f"--resume: {', '.join(changed)} differ from the interrupted run in {last}; resume "
+                                  "with the same options (only --lr may change), or start afresh without --resume")
+
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, num_steps, warmup)
     # The scheduler stays outside prepare(): accelerate would step it once per process, but our schedule counts
@@ -245,19 +453,8 @@ def train(model: nn.Module, train_blocks: torch.Tensor, eval_blocks: torch.Tenso
     if teacher is not None:
         teacher.to(accelerator.device)
 
-    state = TrainState(num_steps=num_steps, num_processes=num_processes, settings=_settings(config))
-    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     resumed_from = None
-    if resume:
-        last = latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
-        if last is None:
-            raise DepthpruneError(f"--resume: no checkpoint in {checkpoint_dir}; run without --resume to start afresh")
-        saved = TrainState.from_dict(json.loads((last / STATE_FILE).read_text()))
-        changed = [k for k in RESUME_KEYS if saved.settings.get(k) != state.settings[k]]
-        if changed or saved.num_processes != num_processes:
-            what = ", ".join(changed) or f"number of processes ({saved.num_processes} -> {num_processes})"
-            raise DepthpruneError(f"--resume: {what} differ from the interrupted run in {last}; use the same settings "
-                                  "or start afresh without --resume")
+    if saved is not None:
         accelerator.load_state(str(last))
         if saved.settings.get("lr") != config.lr:
             logger.warning("resuming with lr %g instead of %g", config.lr, saved.settings.get("lr"))
@@ -265,7 +462,6 @@ def train(model: nn.Module, train_blocks: torch.Tensor, eval_blocks: torch.Tenso
             for group, schedule in zip(optimizer.param_groups, scheduler.lr_lambdas):
                 group["lr"] = config.lr * schedule(scheduler.last_epoch)
             saved.settings["lr"] = config.lr
-        saved.num_steps = num_steps
         state, resumed_from = saved, saved.step
         train_loader = accelerator.skip_first_batches(train_loader, state.step * config.grad_accum)
         logger.info("resumed from %s (step %d)", last, state.step)
@@ -275,28 +471,49 @@ def train(model: nn.Module, train_blocks: torch.Tensor, eval_blocks: torch.Tenso
     if eval_loader is not None and not state.eval_losses:
         state.eval_losses.append((state.step, evaluate(model, eval_loader, accelerator)))
     tokens_per_step = config.tokens_per_step(num_processes)
+    loss_scaling = loss_scaler_active(accelerator)
     bar = tqdm(total=num_steps, initial=state.step, desc=f"healing ({config.method})", unit="step",
                disable=not (progress and accelerator.is_main_process))
     model.train()
     start, steps_this_session, not_training = time.perf_counter(), 0, 0.0   # seconds in evaluation/saving
+    skipped_in_a_row = 0
     accumulated = torch.zeros((), device=accelerator.device)
     for batch in train_loader:
         if state.step >= num_steps:
             break
         with accelerator.accumulate(model):
             loss = training_loss(model, batch, config, teacher, accelerator)
+            # Under DeepSpeed this also applies the optimizer step at the accumulation boundary (see docs/healing.md)
             accelerator.backward(loss)
             accumulated += loss.detach().float()
             if accelerator.sync_gradients:
                 step_loss = accelerator.reduce(accumulated / config.grad_accum, reduction="mean").item()
                 # max_grad_norm 0: no clipping, but the norm is still measured (inf clips nothing)
                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm or math.inf)
-                _check_divergence(step_loss, grad_norm, state, config, checkpoint_dir, accelerator)
+                problem = divergence_problem(step_loss, grad_norm, state.train_losses, config.max_loss_ratio,
+                                             loss_scaling)
+                if problem is not None:
+                    _stop_diverged(problem, state, checkpoint_dir, accelerator)
             optimizer.step()
             optimizer.zero_grad()
         if not accelerator.sync_gradients:
             continue
-        scheduler.step()
+        skipped = accelerator.optimizer_step_was_skipped
+        if skipped:
+            # the loss scaler found inf/nan gradients and lowered its scale; the weights are untouched, so the
+            # schedule does not advance either (as accelerate intends); the data is consumed as usual
+            state.skipped_steps.append(state.step + 1)
+            skipped_in_a_row += 1
+            if skipped_in_a_row > MAX_CONSECUTIVE_SKIPPED:
+                _stop_diverged(f"the fp16 loss scaler skipped {skipped_in_a_row} steps in a row (the gradients "
+                               "overflow at every scale); use --mixed-precision bf16 or lower --lr", state,
+                               checkpoint_dir, accelerator)
+        else:
+            skipped_in_a_row = 0
+            scheduler.step()
+            if grad_norm is not None and not math.isfinite(float(grad_norm)):
+                _stop_diverged(f"the gradient norm became {float(grad_norm)} and the step was applied", state,
+                               checkpoint_dir, accelerator)
         accumulated.zero_()
         state.step += 1
         steps_this_session += 1
@@ -324,22 +541,12 @@ def train(model: nn.Module, train_blocks: torch.Tensor, eval_blocks: torch.Tenso
                        warmup_steps=warmup, resumed_from=resumed_from, prepared_model=model)
 
 
-def _check_divergence(step_loss: float, grad_norm, state: TrainState, config: HealConfig,
-                      checkpoint_dir: Path | None, accelerator) -> None:
-    """Stop before a NaN/inf or exploding step is applied (every process sees the same reduced values)."""
-    norm = float(grad_norm) if grad_norm is not None else 0.0
-    lowest = min(state.train_losses) if state.train_losses else None
-    problem = None
-    if not math.isfinite(step_loss) or not math.isfinite(norm):
-        problem = f"the loss became {step_loss} (gradient norm {norm})"
-    elif lowest is not None and step_loss > config.max_loss_ratio * lowest:
-        problem = f"the loss exploded to {step_loss:.4g} (more than {config.max_loss_ratio}x the lowest, {lowest:.4g})"
-    if problem is None:
-        return
+def _stop_diverged(problem: str, state: TrainState, checkpoint_dir: Path | None, accelerator) -> None:
+    """Stop the run (every process sees the same reduced values, so all stop together), keeping good checkpoints."""
     # A checkpoint saved at the step just completed holds the weights that produced this loss: not good.
     if checkpoint_dir is not None and accelerator.is_main_process:
         suspect = checkpoint_dir / f"{CHECKPOINT_PREFIX}{state.step:08d}"
-        if suspect.exists():
+        if is_own_checkpoint(suspect):
             shutil.rmtree(suspect)
     accelerator.wait_for_everyone()
     last = latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
