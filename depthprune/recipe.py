@@ -221,10 +221,13 @@ def check_recipe_needs(recipe: Recipe, run_dir: Path, force: bool = False) -> No
     """Check the optional packages of every step still to run, before step 1 starts, in one error."""
     from .extras import require_all
 
-    model, needs = recipe.model, []
+    model, needs, latest_scores = recipe.model, [], None
     for step in recipe.steps:
         step_dir = run_dir / step.folder_name
         extra = _defaults_for(step, recipe.defaults)
+        wants_scores = step.verb == "sweep" or (step.verb == "prune" and "method" in step.options)
+        if wants_scores and latest_scores is not None:
+            extra.setdefault("scores", str(latest_scores))   # as the run will pass it: no calibration data read
         if step.verb == "report":
             extra["run_dirs"] = [str(run_dir)]
         module, args, _ = parse_step(step, model, str(step_dir), extra)
@@ -232,6 +235,8 @@ def check_recipe_needs(recipe: Recipe, run_dir: Path, force: bool = False) -> No
         if step_needs is not None and not _step_is_finished(step, step_dir, force):
             needs += [(module_name, f"recipe step {step.index} ({step.verb}): {purpose}")
                       for module_name, purpose in step_needs(args)]
+        if step.verb == "score":
+            latest_scores = step_dir / "scores.json"
         if step.verb in MODEL_PRODUCING:
             model = str(step_dir)
     require_all(needs)

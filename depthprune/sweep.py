@@ -183,7 +183,8 @@ def _finished_points(out: Path, settings: dict, force: bool) -> list[dict] | Non
         except (OSError, ValueError, KeyError, TypeError):
             raise DepthpruneError(f"{out / PROGRESS_FILE} is damaged; pass --force to start the sweep over") from None
         if saved != settings:
-            raise DepthpruneError(f"{out} holds an unfinished sweep with other options ({_settings_difference(saved, settings)}); "
+            differences = _settings_difference(saved, settings)
+            raise DepthpruneError(f"{out} holds an unfinished sweep with other options ({differences}); "
                                   "re-run with the same options to continue it, or pass --force to start over")
         return points
     if (out / SWEEP_FILE).is_file():

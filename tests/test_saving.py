@@ -146,3 +146,21 @@ def test_an_existing_output_is_refused_before_anything_is_written(tmp_path):
         with atomic_output_dir(tmp_path / "out"):
             pytest.fail("the block must not run")
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_ctrl_c_inside_a_commit_is_delivered_after_it(tmp_path):
+    import signal
+
+    from depthprune.saving import deferred_interrupts
+
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT is not handled as KeyboardInterrupt in this process")
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)    # arrives in the middle ...
+            for _ in range(1000):                  # ... (give the interpreter time to run handlers)
+                pass
+            steps.append("finished")               # ... but the block still completes
+    assert steps == ["finished"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -109,7 +109,7 @@ def _should_run_sequentially(checkpoint_dir, dtype, device) -> bool:
 
 
 def score_needs(model, metrics="angular,bi", data=None, output=None, plots: bool = True) -> list[tuple[str, str]]:
-    """The optional packages ``score`` will need, as ``(module, purpose)`` pairs for :func:`~depthprune.extras.require_all`."""
+    """The optional packages ``score`` will need, as ``(module, purpose)`` pairs for ``extras.require_all``."""
     from ..extras import data_needs, model_needs
 
     needs = model_needs(model)
