@@ -231,7 +231,7 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
     from .evaluate.tasks import TASKS
     from .extras import require_all
     from .loading import LoadedModel, load_model
-    from .saving import atomic_output_dir, write_bytes_atomic, write_json_atomic
+    from .saving import atomic_output_dir, remove_stale_temp_dirs, write_bytes_atomic, write_json_atomic
     from .scoring.api import score
     from .selection import METHODS, check_method, select_layers
 
@@ -258,6 +258,8 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
         "heal": {"steps": heal_steps, "method": heal_method, "data": heal_data} if heal_steps else None}))
     out = Path(output) if output is not None else None
     finished = _finished_points(out, settings, force) if out is not None else None   # refuses before any work
+    if out is not None:
+        remove_stale_temp_dirs(out)   # a run killed while it made the folder
     require_all(sweep_needs(model, methods, eval, data, data_dir, heal_steps, heal_method, heal_data, scores,
                             output, plots))
 
