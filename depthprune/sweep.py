@@ -255,7 +255,8 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
         "eval_seq_len": eval_seq_len, "max_windows": max_windows, "limit": limit,
         "data_dir": str(Path(data_dir).expanduser().resolve()) if data_dir else None, "calibration": spec.describe(),
         "scores": str(Path(scores).expanduser().resolve()) if isinstance(scores, (str, Path)) else None,
-        "heal": {"steps": heal_steps, "method": heal_method, "data": heal_data} if heal_steps else None}))
+        "heal": {"steps": heal_steps, "method": heal_method, "data": heal_data} if heal_steps else None},
+        default=str))
     out = Path(output) if output is not None else None
     finished = _finished_points(out, settings, force) if out is not None else None   # refuses before any work
     if out is not None:
