@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 
 from . import __version__
 from .errors import DepthpruneError
@@ -64,19 +66,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every temporary output is cleaned up on the way out."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="depthprune: %(message)s")
+    # A kill (SIGTERM) unwinds like Ctrl-C unless the caller chose otherwise (an ignored or custom handler stays).
+    handle_term = threading.current_thread() is threading.main_thread() and \
+        signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    if handle_term:
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         result = args._run(args)
     except DepthpruneError as error:
         print(f"depthprune: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("depthprune: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        name = "terminated" if isinstance(interrupt, Terminated) else "interrupted"
+        print(f"depthprune: {name}; unfinished outputs were removed (finished sweep points and recipe steps are "
+              "kept and a re-run continues from them)", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
+    finally:
+        if handle_term:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return int(result or 0)
 
 

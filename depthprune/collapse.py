@@ -527,6 +527,16 @@ def _step_record(step: CollapseStep, to_original: Sequence[int]) -> dict:
             "similarity": step.similarity}
 
 
+def collapse_needs(model, data="builtin", plots: bool = True) -> list[tuple[str, str]]:
+    """The optional packages ``collapse`` will need, as ``(module, purpose)`` pairs."""
+    from .extras import data_needs, model_needs
+
+    needs = model_needs(model) + data_needs(data)
+    if plots:
+        needs.append(("matplotlib", "collapse's similarity plot (--no-plots skips it)"))
+    return needs
+
+
 def collapse(model: str | LoadedModel, data: str | DataSpec = "builtin", output: str | Path | None = None, *,
              combine: int = 7, low: int = 0, high: int | None = None, interval: int = 1,
              threshold: float | None = None, merge: str = "paper", target_layers: int | None = None,
@@ -561,12 +571,9 @@ def collapse(model: str | LoadedModel, data: str | DataSpec = "builtin", output:
         raise DepthpruneError("no --output given; name the folder for the collapsed model (or use --dry-run)")
     if output is not None and not dry_run:
         check_output_dir(output, force)     # fail before loading anything
-    if plots:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise DepthpruneError("the similarity plot needs matplotlib: pip install 'depthprune[report]' "
-                                  "(or pass --no-plots / plots=False)") from None
+    from .extras import require_all
+
+    require_all(collapse_needs(model, data, plots))   # before loading anything
     loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device,
                                                                       trust_remote_code=trust_remote_code)
     adapter = ModelAdapter(loaded.model)

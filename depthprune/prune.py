@@ -63,6 +63,16 @@ def save_pruned(loaded: LoadedModel, plan: PrunePlan, output, force: bool = Fals
     return save(loaded.model, loaded.tokenizer, output, metadata=metadata, force=force, extra_files=extra_files)
 
 
+def prune_needs(model, method: str | None = None, data=None, scores=None) -> list[tuple[str, str]]:
+    """The optional packages ``prune`` will need, as ``(module, purpose)`` pairs."""
+    from .extras import data_needs, model_needs
+
+    needs = model_needs(model)
+    if method not in (None, "last", "magnitude") and scores is None:
+        needs += data_needs(data)
+    return needs
+
+
 def prune(model: str | LoadedModel, layers: str | list[int] | None = None, output: str | Path | None = None,
           force: bool = False, dry_run: bool = False, allow_final_layer: bool = False, allow_first_layer: bool = False,
           allow_single_layer: bool = False, dtype="float32", device="cpu",
@@ -103,6 +113,9 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
         raise DepthpruneError("no --output given; name the folder for the pruned model (or use --dry-run)")
     if output is not None and not dry_run:
         check_output_dir(output, force)   # fail before loading anything
+    from .extras import require_all
+
+    require_all(prune_needs(model, method, data, scores))   # before loading anything
     scores_data = read_scores(scores) if scores is not None else None
     if method is not None:
         from .selection import check_method

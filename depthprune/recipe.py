@@ -210,6 +210,38 @@ def validate_recipe(recipe: Recipe) -> None:
         raise DepthpruneError(f"recipe: defaults {sorted(unused)} are accepted by no step; remove them")
 
 
+def _step_is_finished(step: RecipeStep, step_dir: Path, force: bool) -> bool:
+    """A step is finished when its folder exists (outputs appear whole), except an unfinished, resumable sweep."""
+    from .sweep import is_unfinished_sweep
+
+    return step_dir.exists() and not force and step.verb != "report" and not is_unfinished_sweep(step_dir)
+
+
+def check_recipe_needs(recipe: Recipe, run_dir: Path, force: bool = False) -> None:
+    """Check the optional packages of every step still to run, before step 1 starts, in one error."""
+    from .extras import require_all
+
+    model, needs, latest_scores = recipe.model, [], None
+    for step in recipe.steps:
+        step_dir = run_dir / step.folder_name
+        extra = _defaults_for(step, recipe.defaults)
+        wants_scores = step.verb == "sweep" or (step.verb == "prune" and "method" in step.options)
+        if wants_scores and latest_scores is not None:
+            extra.setdefault("scores", str(latest_scores))   # as the run will pass it: no calibration data read
+        if step.verb == "report":
+            extra["run_dirs"] = [str(run_dir)]
+        module, args, _ = parse_step(step, model, str(step_dir), extra)
+        step_needs = getattr(module, "needs", None)
+        if step_needs is not None and not _step_is_finished(step, step_dir, force):
+            needs += [(module_name, f"recipe step {step.index} ({step.verb}): {purpose}")
+                      for module_name, purpose in step_needs(args)]
+        if step.verb == "score":
+            latest_scores = step_dir / "scores.json"
+        if step.verb in MODEL_PRODUCING:
+            model = str(step_dir)
+    require_all(needs)
+
+
 def run_recipe(recipe: Recipe | str | Path, output: str | Path | None = None, force: bool = False,
                dry_run: bool = False) -> dict:
     """Run a recipe's steps in order inside one run folder, skipping steps whose output already exists.
@@ -228,6 +260,7 @@ def run_recipe(recipe: Recipe | str | Path, output: str | Path | None = None, fo
     run_dir = Path(output or recipe.output or "")
     if not str(run_dir) or str(run_dir) == ".":
         raise DepthpruneError("no run folder: give 'output:' in the recipe or --output")
+    check_recipe_needs(recipe, run_dir, force)   # a missing package fails now, not after hours of earlier steps
     if not dry_run:
         run_dir.mkdir(parents=True, exist_ok=True)
         if recipe.source:
@@ -247,7 +280,7 @@ def run_recipe(recipe: Recipe | str | Path, output: str | Path | None = None, fo
         else:
             target = step_dir
         module, args, argv = parse_step(step, model, str(target), extra)
-        done = step_dir.exists() and not force and step.verb != "report"
+        done = _step_is_finished(step, step_dir, force)
         status = "skipped (output exists)" if done else ("planned" if dry_run else "done")
         if not done and not dry_run:
             if step.verb == "report":

@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import secrets
 import shutil
-import tempfile
+import signal
+import socket
+import stat
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
 from .errors import DepthpruneError
 
+logger = logging.getLogger(__name__)
+
 METADATA_FILE = "depthprune.json"
 # Our checkpoints are written by transformers 5: older versions read rope_parameters wrongly without a word.
 TRANSFORMERS_REQUIREMENT = "transformers>=5.0"
+# Written into every temporary output folder: the proof that depthprune made it, so a later run may remove it.
+TEMP_MARKER = ".depthprune-temp.json"
 
 
 def check_output_dir(out_dir: str | os.PathLike, force: bool = False) -> Path:
@@ -41,37 +50,194 @@ def check_writable_parent(out: Path) -> None:
 
 
 @contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then deliver them.
+
+    Used around steps that must not be split (a pair of renames, creating a temporary folder and its marker, removing
+    it): Ctrl-C there would leave a state no later run can recognise. Outside the main thread (where handlers cannot
+    be changed) the block runs unprotected.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if handler in (signal.SIG_IGN, None):
+            continue   # an ignored signal stays ignored
+        previous[signum] = handler
+        signal.signal(signum, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if received:
+            signal.raise_signal(received[0])   # now handled as it would have been (KeyboardInterrupt, exit, ...)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale_temp_dirs(out_dir: str | os.PathLike) -> list[Path]:
+    """Remove temporary folders beside ``out_dir`` that an interrupted or killed depthprune run left behind.
+
+    Only folders named ``.NAME.tmp-PID-*`` that hold our marker file naming this host and the same PID, whose process
+    no longer runs, are removed: anything else (a user's folder, a run still in progress) is never touched.
+
+    Returns:
+        The folders removed.
+    """
+    out = Path(out_dir)
+    if not out.parent.is_dir():
+        return []
+    removed = []
+    prefix = f".{out.name}.tmp-"
+    for candidate in out.parent.iterdir():
+        if not candidate.name.startswith(prefix) or candidate.is_symlink() or not candidate.is_dir():
+            continue
+        try:
+            marker = json.loads((candidate / TEMP_MARKER).read_text())
+        except (OSError, ValueError):
+            continue   # no marker: not ours
+        pid = marker.get("pid") if isinstance(marker, dict) else None
+        if (not isinstance(pid, int) or marker.get("host") != socket.gethostname()
+                or not candidate.name.startswith(f"{prefix}{pid}-") or _process_alive(pid)):
+            continue
+        with deferred_interrupts():
+            shutil.rmtree(candidate, ignore_errors=True)
+        logger.info("removed %s, left by an interrupted depthprune run (process %d)", candidate, pid)
+        removed.append(candidate)
+    return removed
+
+
+def _make_temp_dir(out: Path) -> Path:
+    """A new marked temporary folder beside ``out``, made with os.mkdir so that it gets the umask's permissions.
+
+    (tempfile.mkdtemp makes 0700 folders, and the mode would survive the final rename.) Call it with interrupts
+    deferred, so that the folder never exists without its marker.
+    """
+    for _ in range(100):
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            os.mkdir(tmp)
+        except FileExistsError:
+            continue
+        marker = {"pid": os.getpid(), "host": socket.gethostname(), "for": str(out),
+                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        (tmp / TEMP_MARKER).write_text(json.dumps(marker) + "\n")
+        return tmp
+    raise DepthpruneError(f"could not create a temporary folder beside {out}; check the folder's permissions")
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux: /proc/self/status)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)   # elsewhere the only portable way is to set it and put it back
+    os.umask(mask)
+    return mask
+
+
+def give_ordinary_permissions(folder: Path) -> None:
+    """Give every file and folder below ``folder`` the mode an ordinary write gives under the umask.
+
+    Some writers make private files whatever the umask (safetensors 0.8 writes 0600 via a temporary file), and the
+    mode would survive the final rename; an output is meant to be shared like anything else the user writes.
+    Executable bits are kept.
+    """
+    umask = current_umask()
+    os.chmod(folder, 0o777 & ~umask)   # the temporary folder itself becomes the output
+    for root, folders, files in os.walk(folder):
+        for name in folders + files:
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                continue   # a link's target is not ours to change
+            executable = os.path.isdir(path) or os.stat(path).st_mode & 0o111
+            os.chmod(path, (0o777 if executable else 0o666) & ~umask)
+
+
+@contextlib.contextmanager
 def atomic_output_dir(out_dir: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``out_dir`` that becomes ``out_dir`` only if the block completes.
 
-    On an exception the temporary folder is deleted and an existing ``out_dir`` is left untouched. With ``force`` an
-    existing ``out_dir`` is replaced only after the new one is complete.
+    On an exception, Ctrl-C or (under the CLI) SIGTERM the temporary folder is deleted and an existing ``out_dir`` is
+    left untouched; a folder left by a killed run is removed by the next run writing the same output. With ``force``
+    an existing ``out_dir`` is replaced only after the new one is complete. The output folder and its files get the
+    permissions an ordinary write gives under the user's umask.
     """
     out = check_output_dir(out_dir, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    remove_stale_temp_dirs(out)
+    tmp = None
     try:
+        with deferred_interrupts():
+            tmp = _make_temp_dir(out)
         yield tmp
+        give_ordinary_permissions(tmp)
+        with deferred_interrupts():   # both renames happen, or neither; the replaced folder is gone afterwards
+            (tmp / TEMP_MARKER).unlink()
+            old = None
+            if out.exists():
+                old = out.with_name(f".{out.name}.old-{os.getpid()}")
+                out.rename(old)
+            try:
+                tmp.rename(out)
+            except OSError:
+                if old is not None:
+                    old.rename(out)   # put the previous output back
+                raise
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            with deferred_interrupts():
+                shutil.rmtree(tmp, ignore_errors=True)   # already gone when only a delivered interrupt is raised
         raise
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_bytes_atomic(path: str | os.PathLike, content: bytes) -> None:
+    """Write ``content`` to ``path`` via a temporary file and a rename: readers see the old file or the new one.
+
+    A new file gets the umask's permissions, a replaced one keeps its own, as an ordinary write would.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = None
+    try:
+        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)   # 0o666 & ~umask
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def write_json_atomic(path: str | os.PathLike, data) -> None:
-    """Write JSON to ``path`` via a temporary file and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2, default=_json_default)
-        handle.write("\n")
-    os.replace(tmp, path)
+    """Write JSON to ``path`` via a temporary file and a rename (see :func:`write_bytes_atomic`)."""
+    text = json.dumps(data, indent=2, default=_json_default) + "\n"   # a value that cannot be written writes nothing
+    write_bytes_atomic(path, text.encode())
 
 
 def _json_default(value):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import logging
 import re
 import shutil
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 SWEEP_FILE = "sweep.json"
 PLOT_FILE = "sweep.png"
+PROGRESS_FILE = "sweep.progress.json"   # present while a sweep is unfinished
 
 
 def parse_range(text: str | int | list) -> list[int]:
@@ -171,11 +173,88 @@ def sweep_figure(result: dict):
     return figure
 
 
+def is_unfinished_sweep(folder) -> bool:
+    """Whether ``folder`` holds a sweep that stopped before its last point (a re-run continues it)."""
+    return (Path(folder) / PROGRESS_FILE).is_file()
+
+
+def sweep_needs(model, methods="angular,bi,last,ppl", eval="wikitext2", data="builtin", data_dir=None,
+                heal_steps: int = 0, heal_method: str = "lora", heal_data=None, scores=None, output=None,
+                plots: bool = True) -> list[tuple[str, str]]:
+    """The optional packages ``sweep`` will need, as ``(module, purpose)`` pairs."""
+    from .evaluate.perplexity import PPL_SOURCES
+    from .extras import data_needs, model_needs
+
+    needs = model_needs(model)
+    if scores is None and any(m not in ("last", "magnitude") for m in _split(methods)):
+        needs += data_needs(data)
+    if data_dir is None:
+        needs += [("datasets", f"--eval {name} without --data-dir") for name in _split(eval) if name in PPL_SOURCES]
+    if heal_steps:
+        purpose = f"--heal-steps with --heal-method {heal_method}"
+        needs += [("accelerate", purpose), ("matplotlib", f"{purpose} (the loss curve)")]
+        if heal_method in ("lora", "qlora"):
+            needs.append(("peft", purpose))
+        needs += data_needs(heal_data or data, "--heal-data")
+    if output is not None and plots:
+        needs.append(("matplotlib", "sweep's plot (--no-plots skips it)"))
+    return needs
+
+
+def _model_identity(model) -> str:
+    """What names the model in a sweep's settings, known before loading it (a path is made absolute)."""
+    from .loading import LoadedModel
+
+    if isinstance(model, LoadedModel):
+        return model.description
+    path = Path(str(model)).expanduser()
+    return str(path.resolve()) if path.exists() else str(model)
+
+
+def _settings_difference(saved: dict, wanted: dict) -> str:
+    keys = [k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+    return "; ".join(f"{k}: {json.dumps(saved.get(k))} then, {json.dumps(wanted.get(k))} now" for k in keys)
+
+
+def _finished_points(out: Path, settings: dict, force: bool) -> list[dict] | None:
+    """The points an unfinished sweep in ``out`` already holds (None: start a new sweep there).
+
+    Refuses (without ``force``) a finished sweep, an unfinished one made with other settings (naming what differs),
+    and a folder that is not a sweep.
+    """
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise DepthpruneError(f"output {out} exists and is not a folder; remove it or choose another --output")
+    if force:
+        return None
+    if is_unfinished_sweep(out):
+        try:
+            state = json.loads((out / PROGRESS_FILE).read_text())
+            saved, points = state["settings"], list(state["points"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise DepthpruneError(f"{out / PROGRESS_FILE} is damaged; pass --force to start the sweep over") from None
+        if saved != settings:
+            differences = _settings_difference(saved, settings)
+            raise DepthpruneError(f"{out} holds an unfinished sweep with other options ({differences}); "
+                                  "re-run with the same options to continue it, or pass --force to start over")
+        return points
+    if (out / SWEEP_FILE).is_file():
+        raise DepthpruneError(f"{out} holds a finished sweep; choose another --output or pass --force to redo it")
+    raise DepthpruneError(f"output {out} already exists and is not a sweep; choose another --output or pass --force "
+                          "to replace it")
+
+
 def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data="builtin", samples: int = 16,
           seq_len: int = 256, seed: int = 0, eval_seq_len: int = 256, data_dir=None, max_windows: int | None = None,
           limit: int | None = None, heal_steps: int = 0, heal_method: str = "lora", heal_data=None,
-          scores=None, output=None, force: bool = False, dtype="float32", device="cpu", trust_remote_code: bool = False) -> dict:
+          scores=None, output=None, force: bool = False, plots: bool = True, dtype="float32", device="cpu",
+          trust_remote_code: bool = False) -> dict:
     """Evaluate the model with n layers removed by each method, for every n (``depthprune sweep``).
+
+    Every finished point is saved at once in ``OUTPUT/sweep.progress.json`` (with the scores in
+    ``OUTPUT/scores.json``); run again with the same options, an interrupted sweep continues from its finished
+    points. Every (method, n) is checked before the first is evaluated.
 
     Args:
         model: anything :func:`depthprune.load_model` accepts, or a LoadedModel.
@@ -190,7 +269,9 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
         heal_steps: when > 0, heal every pruned point with ``heal_method`` for this many steps (blocks of
             ``seq_len`` tokens, the method's default batch) before evaluating.
         scores: a ``scores.json`` from ``depthprune score`` to reuse instead of scoring again.
-        output: folder for ``sweep.json`` and ``sweep.png`` (atomic); None writes nothing.
+        output: folder for ``sweep.json`` and ``sweep.png``; None writes nothing.
+        force: start over in ``output`` even when it holds a finished or unfinished sweep.
+        plots: draw ``sweep.png`` (needs matplotlib).
 
     Returns:
         ``{"model", "num_layers", "methods", "points": [{"method", "n", "fraction", "removed_layers", <metrics>}]}``.
@@ -200,8 +281,9 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
     from .evaluate.perplexity import PPL_SOURCES
     from .evaluate.runner import evaluate
     from .evaluate.tasks import TASKS
+    from .extras import require_all
     from .loading import LoadedModel, load_model
-    from .saving import atomic_output_dir, check_output_dir, write_json_atomic
+    from .saving import atomic_output_dir, remove_stale_temp_dirs, write_bytes_atomic, write_json_atomic
     from .scoring.api import score
     from .selection import METHODS, check_method, select_layers
 
@@ -218,20 +300,35 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
     if unknown or not evals:
         raise DepthpruneError(f"--eval {eval!r}: unknown {unknown or 'nothing'}; use perplexity sources "
                               f"({', '.join(PPL_SOURCES)}) and/or tasks ({', '.join(TASKS)})")
-    if output is not None:
-        check_output_dir(output, force)
+    spec = DataSpec(source=data, samples=samples, seq_len=seq_len, seed=seed)
+    # What decides the points: a re-run continues an unfinished sweep only when these are the same.
+    settings = json.loads(json.dumps({
+        "model": _model_identity(model), "dtype": str(dtype), "methods": method_list, "n": counts, "eval": evals,
+        "eval_seq_len": eval_seq_len, "max_windows": max_windows, "limit": limit,
+        "data_dir": str(Path(data_dir).expanduser().resolve()) if data_dir else None, "calibration": spec.describe(),
+        "scores": str(Path(scores).expanduser().resolve()) if isinstance(scores, (str, Path)) else None,
+        "heal": {"steps": heal_steps, "method": heal_method, "data": heal_data} if heal_steps else None},
+        default=str))
+    out = Path(output) if output is not None else None
+    finished = _finished_points(out, settings, force) if out is not None else None   # refuses before any work
+    if out is not None:
+        remove_stale_temp_dirs(out)   # a run killed while it made the folder
+    require_all(sweep_needs(model, methods, eval, data, data_dir, heal_steps, heal_method, heal_data, scores,
+                            output, plots))
 
     loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device,
                                                                       trust_remote_code=trust_remote_code)
-    num_layers = ModelAdapter(loaded.model).num_layers
+    adapter = ModelAdapter(loaded.model)
+    num_layers = adapter.num_layers
     if max(counts) >= num_layers - 1:
         raise DepthpruneError(f"--n up to {max(counts)} leaves too few of {num_layers} layers; keep at least 2 "
                               f"(largest n is {num_layers - 2})")
-    spec = DataSpec(source=data, samples=samples, seq_len=seq_len, seed=seed)
     metrics = [m for m in method_list if m != "last"]
-    if scores is not None:
-        from .prune import read_scores
+    from .prune import read_scores
 
+    if finished is not None and metrics and (out / "scores.json").is_file():
+        scores = read_scores(out / "scores.json")   # the scores the finished points were chosen with
+    elif scores is not None:
         scores = read_scores(scores)
         if int(scores["num_layers"]) != num_layers:
             raise DepthpruneError(f"the scores are for {scores['num_layers']} layers but the model has {num_layers}; "
@@ -242,6 +339,29 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
     else:
         scores = {"num_layers": num_layers}
 
+    # Every (method, n) is resolved before the first is evaluated: a keep-set error at the last pair must not
+    # cost the hours spent on the first ones.
+    planned = []
+    for method in method_list:
+        for count in counts:
+            removed = [] if count == 0 else select_layers(method, scores, count)[0]
+            adapter.check_removal(removed)
+            planned.append((method, count, removed))
+
+    progress_path = out / PROGRESS_FILE if out is not None else None
+    if out is not None and finished is None:
+        with atomic_output_dir(out, force=force) as tmp:   # the folder appears with its scores and settings
+            if metrics:
+                write_json_atomic(tmp / "scores.json", scores)
+            write_json_atomic(tmp / PROGRESS_FILE, {"settings": settings, "points": []})
+        finished = []
+    elif finished:
+        logger.warning("continuing the unfinished sweep in %s: %d of %d points already done", out, len(finished),
+                       len(planned))
+    done = {(p["method"], p["n"]): p for p in finished or []}
+    # Identical removal sets (the dense model for every method, or two criteria agreeing) are evaluated once.
+    cache: dict[tuple, dict] = {tuple(p["removed_layers"]): _measured(p) for p in done.values()}
+
     def measure(model_to_eval) -> dict:
         results = evaluate(LoadedModel(model=model_to_eval, tokenizer=loaded.tokenizer, source=loaded.source,
                                        description=loaded.description), ppl=ppl or None, seq_len=eval_seq_len,
@@ -250,49 +370,63 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
         return _metric_values(results)
 
     heal_root = Path(tempfile.mkdtemp(prefix="depthprune-sweep-heal-")) if heal_steps else None
-    cache: dict[tuple, dict] = {}
-    points = []
     try:
-        for method in method_list:
-            for count in counts:
-                started = time.perf_counter()
-                removed = [] if count == 0 else select_layers(method, scores, count)[0]
-                key = tuple(removed)
-                if key not in cache:
-                    logger.info("sweep: %s n=%d removes %s", method, count, removed)
-                    pruned = copy.deepcopy(loaded.model)
-                    if removed:
-                        adapter = ModelAdapter(pruned)
-                        adapter.keep_layers(adapter.check_removal(removed)[1])
-                    extra = {}
-                    if heal_steps and removed:
-                        from .heal import heal
+        for method, count, removed in planned:
+            if (method, count) in done:
+                continue
+            started = time.perf_counter()
+            key = tuple(removed)
+            if key not in cache:
+                logger.info("sweep: %s n=%d removes %s", method, count, removed)
+                pruned = copy.deepcopy(loaded.model)
+                if removed:
+                    pruned_adapter = ModelAdapter(pruned)
+                    pruned_adapter.keep_layers(pruned_adapter.check_removal(removed)[1])
+                extra = {}
+                if heal_steps and removed:
+                    from .heal import heal
 
-                        healed = heal(LoadedModel(model=pruned, tokenizer=loaded.tokenizer, source=loaded.source,
-                                                  description=loaded.description), data=heal_data or data,
-                                      method=heal_method, max_steps=heal_steps, seq_len=seq_len, seed=seed,
-                                      eval_samples=4, output=heal_root / f"{method}-{count}", force=True,
-                                      progress=False)
-                        pruned = healed.model
-                        extra["heal_final_loss"] = healed.metadata["healing"].get("final_train_loss")
-                        shutil.rmtree(heal_root / f"{method}-{count}", ignore_errors=True)
-                    cache[key] = {**measure(pruned), **extra}
-                    del pruned
-                points.append({"method": method, "n": count, "fraction": count / num_layers,
-                               "removed_layers": removed, **cache[key],
-                               "seconds": round(time.perf_counter() - started, 2)})
+                    healed = heal(LoadedModel(model=pruned, tokenizer=loaded.tokenizer, source=loaded.source,
+                                              description=loaded.description), data=heal_data or data,
+                                  method=heal_method, max_steps=heal_steps, seq_len=seq_len, seed=seed,
+                                  eval_samples=4, output=heal_root / f"{method}-{count}", force=True,
+                                  progress=False)
+                    pruned = healed.model
+                    extra["heal_final_loss"] = healed.metadata["healing"].get("final_train_loss")
+                    shutil.rmtree(heal_root / f"{method}-{count}", ignore_errors=True)
+                cache[key] = {**measure(pruned), **extra}
+                del pruned
+            done[(method, count)] = {"method": method, "n": count, "fraction": count / num_layers,
+                                     "removed_layers": removed, **cache[key],
+                                     "seconds": round(time.perf_counter() - started, 2)}
+            if progress_path is not None:   # saved at once: an interrupted sweep keeps every finished point
+                write_json_atomic(progress_path, {"settings": settings, "points": list(done.values())})
     finally:
         if heal_root is not None:
             shutil.rmtree(heal_root, ignore_errors=True)
 
-    result = {"model": loaded.description, "model_source": loaded.source, "num_layers": num_layers, "methods": method_list, "n": counts,
-              "eval": evals, "eval_seq_len": eval_seq_len, "max_windows": max_windows, "limit": limit,
-              "data_dir": str(data_dir) if data_dir else None, "calibration": spec.describe(),
+    points = [done[(method, count)] for method, count, _ in planned]
+    result = {"model": loaded.description, "model_source": loaded.source, "num_layers": num_layers,
+              "methods": method_list, "n": counts, "eval": evals, "eval_seq_len": eval_seq_len,
+              "max_windows": max_windows, "limit": limit, "data_dir": str(data_dir) if data_dir else None,
+              "calibration": spec.describe(),
               "heal": {"steps": heal_steps, "method": heal_method} if heal_steps else None, "points": points}
-    if output is not None:
-        with atomic_output_dir(output, force=force) as tmp:
-            write_json_atomic(Path(tmp) / SWEEP_FILE, result)
-            (Path(tmp) / PLOT_FILE).write_bytes(sweep_plot(result))
-            if metrics:
-                write_json_atomic(Path(tmp) / "scores.json", scores)
+    if out is not None:
+        write_json_atomic(out / SWEEP_FILE, result)
+        plot_error = None
+        if plots:   # drawn after the results are safe
+            try:
+                write_bytes_atomic(out / PLOT_FILE, sweep_plot(result))
+            except Exception as error:  # noqa: BLE001  (any plotting failure: the results are kept)
+                plot_error = error
+        progress_path.unlink()   # the sweep is finished: sweep.json holds every point
+        if plot_error is not None:
+            first = str(plot_error).strip().splitlines()[0] if str(plot_error).strip() else type(plot_error).__name__
+            raise DepthpruneError(f"the sweep was saved to {out / SWEEP_FILE} (every point) but its plot failed "
+                                  f"({first})") from plot_error
     return result
+
+
+def _measured(point: dict) -> dict:
+    """A saved point's measurements (what the evaluation and healing produced)."""
+    return {k: v for k, v in point.items() if k not in ("method", "n", "fraction", "removed_layers", "seconds")}

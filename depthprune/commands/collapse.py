@@ -40,6 +40,13 @@ def add_arguments(parser) -> None:
     add_output_arguments(parser, required=False)
 
 
+def needs(args) -> list[tuple[str, str]]:
+    """Optional packages this command will need (checked before any work, also for every step of a recipe)."""
+    from ..collapse import collapse_needs
+
+    return collapse_needs(args.model, args.data, plots=not args.no_plots)
+
+
 def run(args) -> int:
     from ..collapse import collapse
     from .common import data_spec_from_args

@@ -52,6 +52,13 @@ def add_arguments(parser) -> None:
     add_output_arguments(parser)
 
 
+def needs(args) -> list[tuple[str, str]]:
+    """Optional packages this command will need (checked before any work, also for every step of a recipe)."""
+    from ..evaluate.runner import eval_needs
+
+    return eval_needs(args.model, args.ppl, args.tasks, args.data_dir, args.backend, args.compare)
+
+
 def run(args) -> int:
     from ..evaluate.runner import evaluate, markdown_table, write_results
     from ..saving import check_output_dir

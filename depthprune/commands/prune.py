@@ -37,6 +37,13 @@ def add_arguments(parser) -> None:
     add_output_arguments(parser, required=False)
 
 
+def needs(args) -> list[tuple[str, str]]:
+    """Optional packages this command will need (checked before any work, also for every step of a recipe)."""
+    from ..prune import prune_needs
+
+    return prune_needs(args.model, args.method, args.data, args.scores)
+
+
 def run(args) -> int:
     from ..prune import prune
 

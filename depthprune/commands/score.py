@@ -32,6 +32,13 @@ def add_arguments(parser) -> None:
     add_output_arguments(parser, required=True)
 
 
+def needs(args) -> list[tuple[str, str]]:
+    """Optional packages this command will need (checked before any work, also for every step of a recipe)."""
+    from ..scoring.api import score_needs
+
+    return score_needs(args.model, args.metrics, args.data, args.output, plots=not args.no_plots)
+
+
 def run(args) -> int:
     from ..scoring import score
     from ..scoring.api import ranking_table

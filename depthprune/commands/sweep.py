@@ -1,7 +1,8 @@
 """Quality against the fraction of layers removed, one curve per criterion (the papers' central figure).
 
 Scores once, then for each method and n removes layers from a copy, optionally heals briefly, and evaluates.
-Writes OUTPUT/sweep.json and OUTPUT/sweep.png.
+Writes OUTPUT/sweep.json and OUTPUT/sweep.png. Every finished point is saved at once (OUTPUT/sweep.progress.json);
+the same command run again after an interruption continues from the finished points.
 """
 
 from __future__ import annotations
@@ -26,7 +27,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--heal-data", default=None, help="healing data SPEC (default: --data)")
     parser.add_argument("--scores", default=None, metavar="FILE", help="reuse a scores.json from depthprune score")
     add_data_arguments(parser, samples=16, seq_len=256)
+    parser.add_argument("--no-plots", action="store_true", help="write sweep.json only, no sweep.png")
     add_output_arguments(parser)
+    for action in parser._actions:
+        if action.dest == "force":
+            action.help = "start over, replacing an existing (finished or unfinished) sweep in the output folder"
+
+
+def needs(args) -> list[tuple[str, str]]:
+    """Optional packages this command will need (checked before any work, also for every step of a recipe)."""
+    from ..sweep import sweep_needs
+
+    return sweep_needs(args.model, args.methods, args.eval, args.data, args.data_dir, args.heal_steps,
+                       args.heal_method, args.heal_data, args.scores, args.output, plots=not args.no_plots)
 
 
 def run(args) -> int:
@@ -36,7 +49,8 @@ def run(args) -> int:
                    seq_len=args.seq_len, seed=args.seed, eval_seq_len=args.eval_seq_len, data_dir=args.data_dir,
                    max_windows=args.max_windows, limit=args.limit, heal_steps=args.heal_steps,
                    heal_method=args.heal_method, heal_data=args.heal_data, scores=args.scores, output=args.output,
-                   force=args.force, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+                   force=args.force, plots=not args.no_plots, dtype=args.dtype, device=args.device,
+                   trust_remote_code=args.trust_remote_code)
     metrics = [k for k in result["points"][0] if k not in ("method", "n", "fraction", "removed_layers", "seconds")]
     print(f"{'method':<10} {'n':>3}  {'removed':<24} " + " ".join(f"{m:>16}" for m in metrics))
     from ..plan import format_layer_list

@@ -82,6 +82,19 @@ def _run_lm_eval(lm, tasks: list[str], num_fewshot, limit, task_manager=None) ->
     return results, getattr(lm_eval, "__version__", "unknown")
 
 
+def eval_needs(model, ppl=None, tasks=None, data_dir=None, backend: str = "local",
+               compare=None) -> list[tuple[str, str]]:
+    """The optional packages ``evaluate`` will need, as ``(module, purpose)`` pairs."""
+    from ..extras import model_needs
+
+    needs = model_needs(model) + model_needs(compare)
+    if data_dir is None:
+        needs += [("datasets", f"--ppl {name} without --data-dir") for name in _split_names(ppl)]
+    if backend == "lm-eval" and _split_names(tasks):
+        needs.append(("lm_eval", "--backend lm-eval"))
+    return needs
+
+
 def evaluate(model, ppl=None, seq_len=2048, tasks=None, num_fewshot: int | None = None, limit: int | None = None,
              speed: bool = False, compare=None, data_dir=None, batch_size: int = 16, ppl_batch_size: int = 1,
              ppl_max_windows: int | None = None, backend: str = "local", speed_batch_sizes=(1, 4),
@@ -117,6 +130,9 @@ def evaluate(model, ppl=None, seq_len=2048, tasks=None, num_fewshot: int | None 
 
     if backend not in BACKENDS:
         raise DepthpruneError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    from ..extras import require_all
+
+    require_all(eval_needs(model, ppl, tasks, data_dir, backend, compare))   # before reading or loading anything
     ppl_names, task_names = _split_names(ppl), _split_names(tasks)
     task_configs = [get_task(name) for name in task_names]
     lengths = _seq_lens(seq_len)

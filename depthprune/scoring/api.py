@@ -108,6 +108,18 @@ def _should_run_sequentially(checkpoint_dir, dtype, device) -> bool:
     return size > 0.8 * available_memory_bytes(device)
 
 
+def score_needs(model, metrics="angular,bi", data=None, output=None, plots: bool = True) -> list[tuple[str, str]]:
+    """The optional packages ``score`` will need, as ``(module, purpose)`` pairs for ``extras.require_all``."""
+    from ..extras import data_needs, model_needs
+
+    needs = model_needs(model)
+    if any(get_entry(name).scorer_class.needs_data for name in parse_metrics(metrics)):
+        needs += data_needs(data)
+    if output is not None and plots:
+        needs.append(("matplotlib", "score's plots (--no-plots skips them)"))
+    return needs
+
+
 def score(model, metrics="angular,bi", data=None, tokens: str = "last", keep_edges: bool | None = None,
           sleb_n: int | None = None, batch_size: int = 8, sequential: bool | None = False, output=None,
           force: bool = False, plots: bool = True, dtype="float32", device="cpu", trust_remote_code: bool = False,
@@ -138,6 +150,9 @@ def score(model, metrics="angular,bi", data=None, tokens: str = "last", keep_edg
                               "(e.g. builtin or a .txt file)")
     if output is not None:
         check_output_dir(output, force)
+    from ..extras import require_all
+
+    require_all(score_needs(model, metrics, data, output, plots))   # before loading anything
     spec = DataSpec(source=data) if isinstance(data, str) else data
 
     weights = None
@@ -163,13 +178,20 @@ def score(model, metrics="angular,bi", data=None, tokens: str = "last", keep_edg
               "metrics": list(configs), "sequential": weights is not None, "dtype": str(parse_dtype(dtype)),
               **result}
     if output is not None:
+        plot_error = None
         with atomic_output_dir(output, force=force) as tmp:
             write_json_atomic(Path(tmp) / SCORES_FILE, result)
-            if plots:
+            if plots:   # drawn last; a failure there must not cost the scores
                 from .plots import write_plots
 
-                result_plots = write_plots(result, tmp)
-                logger.info("plots: %s", ", ".join(result_plots))
+                try:
+                    logger.info("plots: %s", ", ".join(write_plots(result, tmp)))
+                except Exception as error:  # noqa: BLE001  (any plotting failure: the scores are kept)
+                    plot_error = error
+        if plot_error is not None:
+            first = str(plot_error).strip().splitlines()[0] if str(plot_error).strip() else type(plot_error).__name__
+            raise DepthpruneError(f"the scores were saved to {Path(output) / SCORES_FILE} but the plots failed "
+                                  f"({first}); re-run with --no-plots to skip them") from plot_error
     return result
 
 
