@@ -225,3 +225,13 @@ def test_taylor_matches_autograd_on_a_two_layer_model():
     assert scores["taylor"] == pytest.approx(expected, rel=1e-4)
     assert all(p.grad is None for p in model.parameters())       # nothing left behind
     assert scores["protected"]["taylor"] == [0, 1]               # keep-set on by default
+
+
+def test_sleb_refuses_a_nan_loss_instead_of_picking_it():
+    # NaN weights in layer 2: the model without layer 1 still runs layer 2 and its loss is NaN. A NaN compares
+    # False with everything, so a plain argmin would keep whichever candidate came first (layer 1).
+    model = tiny_model("llama", num_layers=NUM_LAYERS)
+    with torch.no_grad():
+        ModelAdapter(model).layers[2].mlp.down_proj.weight.fill_(float("nan"))
+    with pytest.raises(DepthpruneError, match=r"sleb: .*NaN without layer 1 in round 1.*float32"):
+        score_model(model, make_configs("sleb", sleb_n=1), input_ids=_ids(), show_progress=False)
