@@ -532,7 +532,7 @@ def collapse(model: str | LoadedModel, data: str | DataSpec = "builtin", output:
              threshold: float | None = None, merge: str = "paper", target_layers: int | None = None,
              target_ratio: float | None = None, samples: int = 5, seq_len: int = 128, seed: int = 0,
              text_field: str | None = None, chat_template: bool = False, force: bool = False, dry_run: bool = False,
-             plots: bool = True, batch_size: int = 8, progress: bool = True, dtype="float32", device="cpu",
+             plots: bool = True, batch_size: int = 8, progress: bool = True, dtype="auto", device="cpu",
              trust_remote_code: bool = False) -> CollapseResult:
     """Collapse layers with LaCo and save an ordinary checkpoint (``depthprune collapse MODEL ...``).
 
