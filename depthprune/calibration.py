@@ -11,7 +11,8 @@ Every layer-wise criterion is fed from here (llm-compressor's sequential pipelin
 
 The output of the last layer is what the scorers see as ``hidden_out`` at ``layer_index = L-1``: read BEFORE the
 final norm. Losses (ppl, SLEB) turn a last-layer output into logits through the model's own ``forward``, with the
-layers replaced by stand-ins that return that output (:meth:`CalibrationPass.logits`), never a head rebuilt by hand. With ``sequential=True`` the layers' weights live on the meta device and each one is read from the
+layers replaced by stand-ins that return that output (:meth:`CalibrationPass.logits`), never a head rebuilt by
+hand. With ``sequential=True`` the layers' weights live on the meta device and each one is read from the
 checkpoint's safetensors just before it runs and dropped right after, so only one decoder layer is ever in memory.
 """
 
