@@ -10,7 +10,9 @@ Every layer-wise criterion is fed from here (llm-compressor's sequential pipelin
    ``scorer.update(layer_index, hidden_in, hidden_out, attention_mask)`` for every batch.
 
 The output of the last layer is what the scorers see as ``hidden_out`` at ``layer_index = L-1``: read BEFORE the
-final norm. With ``sequential=True`` the layers' weights live on the meta device and each one is read from the
+final norm. Losses (ppl, SLEB) turn a last-layer output into logits through the model's own ``forward``, with the
+layers replaced by stand-ins that return that output (:meth:`CalibrationPass.logits`), never a head rebuilt by
+hand. With ``sequential=True`` the layers' weights live on the meta device and each one is read from the
 checkpoint's safetensors just before it runs and dropped right after, so only one decoder layer is ever in memory.
 """
 
@@ -60,6 +62,24 @@ class _Recorder(nn.Module):
             raise _StopCapture
         template = self.sink["output_template"]
         return hidden_states if isinstance(template, torch.Tensor) else (hidden_states,) + tuple(template[1:])
+
+
+class _GivenLastOutput(nn.Module):
+    """Stands in for every decoder layer while the model's own forward turns a given last-layer output into logits.
+
+    Each stand-in returns ``sink["hidden"]`` (in the layers' own output format) whatever it receives, so the model
+    runs everything after its layers exactly as in ``forward``: final norm, OPT-350m's ``project_out``, the head,
+    Granite's ``logits_scaling``, Gemma's final soft-capping, and whatever a future architecture adds.
+    """
+
+    def __init__(self, sink: dict):
+        super().__init__()
+        self.sink = sink
+
+    def forward(self, hidden_states, *args, **kwargs):
+        hidden = self.sink["hidden"]
+        template = self.sink["output_template"]
+        return hidden if isinstance(template, torch.Tensor) else (hidden,) + tuple(template[1:])
 
 
 def _hidden_of(output) -> torch.Tensor:
@@ -236,6 +256,7 @@ class CalibrationPass:
         self.current_batch = 0
         self.loaded: set[int] = set()
         self._initial_states: list[torch.Tensor] | None = None
+        self._output_template = None        # what layer 0 returned at capture: a tensor, or a tuple (older layers)
 
     @property
     def sequential(self) -> bool:
@@ -296,6 +317,7 @@ class CalibrationPass:
                     raise DepthpruneError("the model's forward did not call every decoder layer once; this "
                                           "architecture cannot be scored layer by layer — report its class name")
                 self.calls.append(sink["calls"])
+                self._output_template = sink["output_template"]
                 hidden_in.append(sink["hidden_in"].detach().to("cpu"))
                 self.first_outputs.append(sink["hidden_out"].detach().to("cpu"))
         finally:
@@ -314,16 +336,39 @@ class CalibrationPass:
             hidden = self.run_layer(index, hidden, batch)
         return hidden
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Final norm and head on the last layer's output; float32 ``(batch, seq, vocab)``."""
-        norm = self.adapter.final_norm
-        if norm is not None:
-            hidden = norm(hidden)
-        logits = self.adapter.lm_head(hidden).float()
-        softcap = getattr(self.adapter.text_config, "final_logit_softcapping", None)
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        return logits
+    @torch.no_grad()
+    def logits(self, hidden: torch.Tensor, input_ids: torch.Tensor | None = None,
+               attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's own logits for a given output of its last layer; float32 ``(batch, seq, vocab)``.
+
+        Runs the model's ``forward`` with every decoder layer replaced by a stand-in that returns ``hidden``, so
+        the path from the last layer to the logits is the model's own on every architecture (no head rebuilt by
+        hand). Embedding and mask building run too; they cost a small fraction of one layer.
+
+        Args:
+            hidden: the last layer's output, ``(batch, seq, hidden)``.
+            input_ids, attention_mask: the batch's tokens ``(batch, seq)``; they only feed the parts of the forward
+                before the layers, whose results the stand-ins ignore (zeros and all-real when not given).
+        """
+        if self._output_template is None:
+            self.initial_states()       # learns the layers' output format (tensor or tuple)
+        hidden = hidden.to(self.device)
+        if input_ids is None:
+            input_ids = torch.zeros(hidden.shape[:2], dtype=torch.long, device=self.device)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        layers = self.adapter.layers
+        originals = list(layers)
+        sink = {"hidden": hidden, "output_template": self._output_template}
+        try:
+            for index in range(len(originals)):
+                layers[index] = _GivenLastOutput(sink)
+            output = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
+                                use_cache=False)
+        finally:
+            for index, layer in enumerate(originals):
+                layers[index] = layer
+        return output.logits.float()
 
     def nll(self, hidden: torch.Tensor, batch: int) -> tuple[float, int]:
         """Summed next-token negative log-likelihood of a batch and the number of predicted tokens."""
@@ -331,7 +376,7 @@ class CalibrationPass:
         ids, mask = ids.to(self.device), mask.to(self.device)
         total, count = 0.0, 0
         for row in range(hidden.shape[0]):      # one sample at a time: logits are (seq, vocab) fp32
-            logits = self.logits(hidden[row:row + 1].to(self.device))[0, :-1]
+            logits = self.logits(hidden[row:row + 1], ids[row:row + 1], mask[row:row + 1])[0, :-1]   # (seq-1, vocab)
             targets = ids[row, 1:]
             valid = (mask[row, 1:] > 0) & (mask[row, :-1] > 0)
             losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")

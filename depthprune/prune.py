@@ -75,7 +75,7 @@ def prune_needs(model, method: str | None = None, data=None, scores=None) -> lis
 
 def prune(model: str | LoadedModel, layers: str | list[int] | None = None, output: str | Path | None = None,
           force: bool = False, dry_run: bool = False, allow_final_layer: bool = False, allow_first_layer: bool = False,
-          allow_single_layer: bool = False, dtype="float32", device="cpu",
+          allow_single_layer: bool = False, dtype="auto", device="cpu",
           trust_remote_code: bool = False, method: str | None = None, n: int | None = None,
           ratio: float | None = None, data=None, scores: str | Path | dict | None = None, tokens: str = "last",
           keep_edges: bool | None = None, batch_size: int = 8) -> PrunePlan:

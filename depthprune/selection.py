@@ -40,6 +40,44 @@ def resolve_count(num_layers: int, n: int | None = None, ratio: float | None = N
     return n
 
 
+_NAN_ADVICE = ("a layer produced non-finite activations: re-score in float32 (--dtype float32) and check the model "
+               "and the data")
+
+
+def _not_a_number(value) -> bool:
+    """NaN, or a missing value (``null`` in a scores file): neither can be ranked."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _listed(items: Sequence[str], limit: int = 6) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def check_scores_are_numbers(method: str, values: Sequence, unit: str = "layer") -> None:
+    """Refuse scores holding NaN or None: NaN compares False with everything, so a ranking would pick silently.
+
+    Args:
+        method: the criterion's name, for the message.
+        values: one score per ``unit`` (index 0 = layer 0, or round 1 for SLEB's losses).
+        unit: ``layer`` or ``round`` (1-based, for SLEB's per-round losses).
+    """
+    bad = [i for i, value in enumerate(values) if _not_a_number(value)]
+    if bad:
+        first = 1 if unit == "round" else 0
+        raise DepthpruneError(f"the {method} scores are NaN for {unit} {_listed([str(i + first) for i in bad])}; "
+                              f"{_NAN_ADVICE}")
+
+
+def check_angular_table_is_numbers(table: dict) -> None:
+    """Refuse an angular table holding NaN or None anywhere, naming the blocks (block size n, start layer l)."""
+    bad = [f"n={n}, l={l}" for n, row in sorted(table.items(), key=lambda item: int(item[0]))
+           for l, value in enumerate(row) if _not_a_number(value)]
+    if bad:
+        raise DepthpruneError(f"the angular scores are NaN for blocks {_listed(bad)} (block size n, start layer l); "
+                              f"{_NAN_ADVICE}")
+
+
 def _candidates(num_layers: int, protected: Sequence[int], allow_final_layer: bool,
                 allow_first_layer: bool = False) -> list[int]:
     """Layers a criterion may pick: never the first or the final layer unless allowed (like --allow-final-layer)."""
@@ -58,6 +96,7 @@ def best_block(table: dict, n: int, num_layers: int, protected: Sequence[int] = 
     Returns:
         ``(start, distance)``: removing layers ``start .. start + n - 1``. Ties go to the earliest block.
     """
+    check_angular_table_is_numbers(table)
     row = table.get(n, table.get(str(n)))
     if row is None:
         raise DepthpruneError(f"the angular table has no block size {n} (sizes 1..{num_layers - 1}); "
@@ -74,9 +113,7 @@ def best_block(table: dict, n: int, num_layers: int, protected: Sequence[int] = 
 def least_important(values: Sequence[float], n: int, protected: Sequence[int] = (),
                     allow_final_layer: bool = False, allow_first_layer: bool = False) -> list[int]:
     """The ``n`` candidate layers with the lowest score (ties to the lower index), sorted."""
-    if any(isinstance(v, float) and math.isnan(v) for v in values):
-        raise DepthpruneError("the scores contain NaN (a layer produced non-finite activations); check the model "
-                              "and data, or use float32")
+    check_scores_are_numbers("layer", values)
     candidates = _candidates(len(values), protected, allow_final_layer, allow_first_layer)
     if n > len(candidates):
         raise DepthpruneError(f"cannot remove {n} layers: only {len(candidates)} of {len(values)} are candidates "
@@ -118,6 +155,10 @@ def select_layers(method: str, scores: dict, n: int, allow_final_layer: bool = F
                          "angular_tokens": scores.get("angular_tokens")}
     if method == "sleb":
         order = list(scores["sleb"])
+        check_scores_are_numbers("sleb", scores.get("sleb_ppl") or [], unit="round")
+        if not all(isinstance(layer, int) and not isinstance(layer, bool) for layer in order):
+            raise DepthpruneError(f"the SLEB removal order {order} holds entries that are not layer numbers; the "
+                                  "scores file is damaged — re-score")
         if n > len(order):
             raise DepthpruneError(f"the scores hold a SLEB removal order of {len(order)} layers but {n} were asked "
                                   f"for; re-score with --sleb-n {n} or more")
@@ -129,5 +170,6 @@ def select_layers(method: str, scores: dict, n: int, allow_final_layer: bool = F
     if len(values) != num_layers:
         raise DepthpruneError(f"scores[{method!r}] has {len(values)} values for {num_layers} layers; the scores file "
                               "is damaged — re-score")
+    check_scores_are_numbers(method, values)
     removed = least_important(values, n, protected, allow_final_layer, allow_first_layer)
     return removed, {method: values, "protected": protected}

@@ -248,7 +248,7 @@ def _finished_points(out: Path, settings: dict, force: bool) -> list[dict] | Non
 def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data="builtin", samples: int = 16,
           seq_len: int = 256, seed: int = 0, eval_seq_len: int = 256, data_dir=None, max_windows: int | None = None,
           limit: int | None = None, heal_steps: int = 0, heal_method: str = "lora", heal_data=None,
-          scores=None, output=None, force: bool = False, plots: bool = True, dtype="float32", device="cpu",
+          scores=None, output=None, force: bool = False, plots: bool = True, dtype="auto", device="cpu",
           trust_remote_code: bool = False) -> dict:
     """Evaluate the model with n layers removed by each method, for every n (``depthprune sweep``).
 

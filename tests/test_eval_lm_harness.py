@@ -59,6 +59,38 @@ def test_scores_equal_lm_eval_hflm_on_the_same_model(model, tokenizer):
                                                                    abs=1e-3)
 
 
+def bos_adding_tokenizer():
+    """The tiny tokenizer with a post-processor that prepends BOS (as Llama's and Gemma's tokenizers do)."""
+    from tokenizers import Tokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from tiny_tokenizer import _trained
+
+    backend = Tokenizer.from_str(_trained(512))
+    bos_id = backend.token_to_id("<s>")
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                           special_tokens=[("<s>", bos_id)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+def test_scores_equal_lm_eval_hflm_with_a_tokenizer_that_adds_bos(model):
+    from lm_eval.models.huggingface import HFLM
+
+    tokenizer = bos_adding_tokenizer()
+    assert tokenizer.encode("hello")[0] == tokenizer.bos_token_id          # the case today's other tests miss
+    text = "A rolling text that needs several windows of sixteen tokens to be scored completely, end to end."
+    rolling = [Instance("loglikelihood_rolling", {}, (text,), 0),
+               Instance("loglikelihood_rolling", {}, ("Short.",), 1),
+               Instance("loglikelihood_rolling", {}, ("<s>Already starts with BOS.",), 2)]
+    requests = [Instance("loglikelihood", {}, ("Question: Which one?\nAnswer:", " the first"), 0),
+                Instance("loglikelihood", {}, ("", "Empty context."), 1)]
+    reference = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=2, max_length=16)
+    ours = DepthpruneLM(model, tokenizer, batch_size=3, max_length=16, progress=False)
+    assert ours.loglikelihood_rolling(rolling) == pytest.approx(reference.loglikelihood_rolling(rolling), abs=1e-3)
+    for (ref_ll, ref_greedy), (ll, greedy) in zip(reference.loglikelihood(requests), ours.loglikelihood(requests)):
+        assert ll == pytest.approx(ref_ll, abs=1e-4) and greedy == ref_greedy
+
+
 def test_generate_until_stops_at_the_stop_string(model, tokenizer):
     lm = DepthpruneLM(model, tokenizer, progress=False)
     free, = lm.generate_until([Instance("generate_until", {}, ("def f(", {"max_gen_toks": 12}), 0)])

@@ -149,6 +149,26 @@ def test_angular_and_bi_match_a_brute_force_loop(model_type):
         assert scores["bi"][layer] == pytest.approx(1 - sum(cosines) / len(cosines), abs=1e-5), (model_type, layer)
 
 
+def test_a_bf16_model_is_scored_in_float32():
+    # --dtype auto runs a bf16 checkpoint in bf16; the cosines must still be float32 maths on those bf16 states
+    # (bf16 arithmetic alone is off by ~1e-2 here, far beyond the tolerance).
+    model = tiny_model("llama", NUM_LAYERS).to(torch.bfloat16)
+    ids = _ids()
+    mask = torch.ones_like(ids)
+    scores = score_model(model, make_configs("angular,bi"), input_ids=ids, attention_mask=mask, batch_size=2,
+                         show_progress=False)
+    states = _brute_force_states(model, ids, mask)
+    assert states[1].dtype == torch.bfloat16
+    for layer in range(NUM_LAYERS):
+        cosines = [_cosine(states[layer][r, i].float(), states[layer + 1][r, i].float())
+                   for r in range(ids.shape[0]) for i in range(ids.shape[1])]
+        assert scores["bi"][layer] == pytest.approx(1 - sum(cosines) / len(cosines), abs=1e-5), layer
+    last = ids.shape[1] - 1
+    expected = [sum(_acos_distance(states[l][r, last].float(), states[l + 1][r, last].float())
+                    for r in range(ids.shape[0])) / ids.shape[0] for l in range(NUM_LAYERS)]
+    assert scores["angular"]["1"] == pytest.approx(expected, abs=1e-5)
+
+
 def test_angular_all_tokens_matches_a_brute_force_loop():
     model = tiny_model("llama", NUM_LAYERS)
     ids = _ids()
@@ -225,3 +245,13 @@ def test_taylor_matches_autograd_on_a_two_layer_model():
     assert scores["taylor"] == pytest.approx(expected, rel=1e-4)
     assert all(p.grad is None for p in model.parameters())       # nothing left behind
     assert scores["protected"]["taylor"] == [0, 1]               # keep-set on by default
+
+
+def test_sleb_refuses_a_nan_loss_instead_of_picking_it():
+    # NaN weights in layer 2: the model without layer 1 still runs layer 2 and its loss is NaN. A NaN compares
+    # False with everything, so a plain argmin would keep whichever candidate came first (layer 1).
+    model = tiny_model("llama", num_layers=NUM_LAYERS)
+    with torch.no_grad():
+        ModelAdapter(model).layers[2].mlp.down_proj.weight.fill_(float("nan"))
+    with pytest.raises(DepthpruneError, match=r"sleb: .*NaN without layer 1 in round 1.*float32"):
+        score_model(model, make_configs("sleb", sleb_n=1), input_ids=_ids(), show_progress=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from depthprune import DepthpruneError
-from depthprune.selection import best_block, last_n, least_important, resolve_count, select_layers
+from depthprune.selection import METHODS, best_block, last_n, least_important, resolve_count, select_layers
 
 # 6 layers; d(l, n) rows for n = 1..5 (row n has 6 - n + 1 entries)
 TABLE = {
@@ -85,3 +85,37 @@ def test_select_layers_from_a_scores_dict():
         select_layers("ppl", scores, 2)
     with pytest.raises(DepthpruneError, match="did you mean 'angular'"):
         select_layers("angualr", scores, 2)
+
+
+NAN = float("nan")
+
+
+def _scores_with_nan():
+    """Every criterion's scores for 6 layers, each with one NaN (layer 2; the angular table's block (n=1, l=2))."""
+    table = {n: list(row) for n, row in TABLE.items()}
+    table["1"][2] = NAN
+    return {"num_layers": 6, "angular": table, "bi": [0.5, 0.1, NAN, 0.2, 0.9, 0.0],
+            "ppl": [9.0, 3.0, NAN, 4.0, 8.0, 7.0], "taylor": [1.0, 2.0, NAN, 4.0, 5.0, 6.0],
+            "magnitude": [1.0, 2.0, NAN, 4.0, 5.0, 6.0], "sleb": [3, 1, 2], "sleb_ppl": [5.0, NAN, 9.0],
+            "protected": {}}
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "last"])
+def test_nan_in_the_scores_is_an_error_naming_the_layers(method):
+    # A NaN compares False with everything, so min()/sort() would silently pick whatever comes first.
+    with pytest.raises(DepthpruneError) as caught:
+        select_layers(method, _scores_with_nan(), 1)
+    message = str(caught.value)
+    assert "NaN" in message and "float32" in message and "\n" not in message
+    where = {"angular": "n=1, l=2", "sleb": "round 2"}.get(method, "layer 2")
+    assert where in message
+
+
+def test_last_n_uses_no_scores_so_nan_elsewhere_does_not_matter():
+    assert select_layers("last", _scores_with_nan(), 2)[0] == [3, 4]
+
+
+def test_none_in_the_scores_is_an_error_too():
+    # scores.json written by another tool may hold null where a value could not be computed
+    with pytest.raises(DepthpruneError, match="layer 2"):
+        select_layers("bi", {"num_layers": 4, "bi": [0.1, 0.2, None, 0.3]}, 1)

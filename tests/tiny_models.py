@@ -60,3 +60,38 @@ def tiny_model(model_type: str, num_layers: int = 6, seed: int = 0):
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(model_type, num_layers))
     return model.float().eval()
+
+
+# The table's other architectures, and variants whose path from the last decoder layer to the logits holds more
+# than a norm and a head: Granite divides the logits by ``logits_scaling``, OPT-350m-style models project the
+# hidden state down (``project_out``, no final norm), Gemma 2 soft-caps the logits. Scales are chosen so that each
+# extra step changes the loss visibly on random weights. name -> (model_type, config kwargs).
+HEAD_VARIANT_KWARGS: dict[str, tuple[str, dict]] = {
+    "gemma": ("gemma", dict(_COMMON, head_dim=16)),
+    "qwen3_moe": ("qwen3_moe", dict(_COMMON, head_dim=16, num_experts=4, num_experts_per_tok=2,
+                                    moe_intermediate_size=32, decoder_sparse_step=1, mlp_only_layers=[0])),
+    "olmo2": ("olmo2", dict(_COMMON, pad_token_id=1, bos_token_id=None, eos_token_id=2)),
+    "smollm3": ("smollm3", dict(_COMMON, no_rope_layer_interval=2, pad_token_id=0, bos_token_id=1,
+                                  eos_token_id=2)),
+    "granite-logits-scaling": ("granite", dict(_COMMON, logits_scaling=4.0, embedding_multiplier=2.0,
+                                                residual_multiplier=0.5)),
+    "opt-project-out": ("opt", dict(vocab_size=VOCAB, hidden_size=HIDDEN, ffn_dim=128, num_attention_heads=4,
+                                    word_embed_proj_dim=HIDDEN // 2, do_layer_norm_before=False,
+                                    max_position_embeddings=256, pad_token_id=1)),
+    "gemma2-softcap": ("gemma2", dict(_COMMON, head_dim=16, sliding_window=8, query_pre_attn_scalar=16,
+                                      final_logit_softcapping=0.5)),
+}
+
+# Every tiny model the head tests run: the surgery set plus the variants above (covers the whole table).
+HEAD_CASES = REQUIRED_ARCHITECTURES + sorted(HEAD_VARIANT_KWARGS)
+
+
+def tiny_case_model(name: str, num_layers: int = 4, seed: int = 0):
+    """A random fp32 eval-mode model for a name of :data:`HEAD_CASES` (a model_type or a variant)."""
+    if name not in HEAD_VARIANT_KWARGS:
+        return tiny_model(name, num_layers=num_layers, seed=seed)
+    model_type, kwargs = HEAD_VARIANT_KWARGS[name]
+    config = CONFIG_MAPPING[model_type](**dict(kwargs, num_hidden_layers=num_layers))
+    config._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config).float().eval()

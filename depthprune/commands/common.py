@@ -8,9 +8,11 @@ import json
 from ..data import DataSpec
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, dtype_default: str = "float32") -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, dtype_default: str = "auto") -> None:
     parser.add_argument("model", help="checkpoint folder, .gguf file, Hugging Face hub id, or alias (smollm2-135m)")
-    parser.add_argument("--dtype", default=dtype_default, help="float32, bfloat16, float16 or auto")
+    parser.add_argument("--dtype", default=dtype_default,
+                        help="auto (the checkpoint's own dtype; a .gguf is dequantised to float32), float32, "
+                             "bfloat16 or float16")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="run the model repository's own Python code (off by default)")

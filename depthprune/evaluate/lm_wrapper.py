@@ -120,8 +120,8 @@ class DepthpruneLM(_LMBase):
         if add_special_tokens is None:
             add_special_tokens = self.add_bos_token
         kwargs = {} if add_special_tokens is None else {"add_special_tokens": add_special_tokens}
-        bos_text = self.tokenizer.bos_token
-        if add_special_tokens is None and bos_text and text.startswith(bos_text):
+        prefix_text = self.tokenizer.decode([self.prefix_token_id])     # what HFLM compares against
+        if add_special_tokens is None and prefix_text and text.startswith(prefix_text):
             kwargs["add_special_tokens"] = False  # the text already carries its BOS
         return self.tokenizer.encode(text, **kwargs)
 
@@ -213,11 +213,14 @@ class DepthpruneLM(_LMBase):
 
         Each token is predicted exactly once; the first window starts from the prefix token, later windows carry
         the preceding tokens as context up to ``max_length`` (lm-eval's rolling windows with context length 1).
+        The text is encoded with the tokenizer's default special tokens, as HFLM does: a tokenizer that adds BOS
+        yields ``[BOS, ...]`` and that BOS is predicted from the prefix token (itself BOS) like any other token, so
+        the total equals HFLM's (lm-eval scores it that way, and word-level perplexities follow it).
         """
         totals = []
         for request in requests:
             (text,) = _request_args(request)[:1]
-            token_ids = self.tok_encode(text, add_special_tokens=False)
+            token_ids = self.tok_encode(text)
             windows = rolling_windows(token_ids, self.prefix_token_id, self.max_length)
             scores = self.score_token_pairs(windows, desc="rolling log-likelihood",
                                             disable_tqdm=disable_tqdm or len(requests) > 1)

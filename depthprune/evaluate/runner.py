@@ -98,7 +98,7 @@ def eval_needs(model, ppl=None, tasks=None, data_dir=None, backend: str = "local
 def evaluate(model, ppl=None, seq_len=2048, tasks=None, num_fewshot: int | None = None, limit: int | None = None,
              speed: bool = False, compare=None, data_dir=None, batch_size: int = 16, ppl_batch_size: int = 1,
              ppl_max_windows: int | None = None, backend: str = "local", speed_batch_sizes=(1, 4),
-             speed_prompt_len: int = 128, speed_new_tokens: int = 32, speed_repeats: int = 5, dtype="float32",
+             speed_prompt_len: int = 128, speed_new_tokens: int = 32, speed_repeats: int = 5, dtype="auto",
              device="cpu", trust_remote_code: bool = False) -> dict:
     """Evaluate one model; the Python form of ``depthprune eval``.
 
@@ -149,7 +149,8 @@ def evaluate(model, ppl=None, seq_len=2048, tasks=None, num_fewshot: int | None 
     results: dict = {"model": loaded.description, "depthprune_version": __version__,
                      "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     settings = {"backend": backend, "data_dir": str(data_dir) if data_dir is not None else None,
-                "num_fewshot": num_fewshot, "limit": limit, "batch_size": batch_size, "dtype": str(dtype)}
+                "num_fewshot": num_fewshot, "limit": limit, "batch_size": batch_size,
+                "dtype": str(next(loaded.model.parameters()).dtype).replace("torch.", "")}   # what auto resolved to
 
     if ppl_names:
         tokenizer = require_tokenizer(loaded)

@@ -122,7 +122,7 @@ def score_needs(model, metrics="angular,bi", data=None, output=None, plots: bool
 
 def score(model, metrics="angular,bi", data=None, tokens: str = "last", keep_edges: bool | None = None,
           sleb_n: int | None = None, batch_size: int = 8, sequential: bool | None = False, output=None,
-          force: bool = False, plots: bool = True, dtype="float32", device="cpu", trust_remote_code: bool = False,
+          force: bool = False, plots: bool = True, dtype="auto", device="cpu", trust_remote_code: bool = False,
           show_progress: bool = True) -> dict:
     """Score every layer of a model and (with ``output``) write ``scores.json`` and plots (``depthprune score``).
 
@@ -140,7 +140,7 @@ def score(model, metrics="angular,bi", data=None, tokens: str = "last", keep_edg
         The scores dict (what ``scores.json`` holds).
     """
     from ..data import DataSpec, calibration_blocks
-    from ..loading import LoadedModel, load_model, parse_dtype, require_tokenizer
+    from ..loading import LoadedModel, load_model, require_tokenizer
     from ..saving import atomic_output_dir, check_output_dir, write_json_atomic
 
     configs = make_configs(metrics, tokens=tokens, keep_edges=keep_edges, sleb_n=sleb_n)
@@ -175,7 +175,7 @@ def score(model, metrics="angular,bi", data=None, tokens: str = "last", keep_edg
                          weights=weights, show_progress=show_progress)
     result = {"model": loaded.description, "num_layers": result.pop("num_layers"),
               "data": spec.describe() if spec is not None and needing_data else None,
-              "metrics": list(configs), "sequential": weights is not None, "dtype": str(parse_dtype(dtype)),
+              "metrics": list(configs), "sequential": weights is not None, "dtype": str(_model_dtype(loaded.model)),
               **result}
     if output is not None:
         plot_error = None
@@ -195,10 +195,16 @@ def score(model, metrics="angular,bi", data=None, tokens: str = "last", keep_edg
     return result
 
 
+def _model_dtype(model) -> torch.dtype:
+    """The dtype the model's floating weights are held in (what the scores were computed in)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
 def _load_for_sequential(model, dtype, device, trust_remote_code, sequential):
     """(LoadedModel with a skeleton model, weights) — or a normal load when ``sequential`` is None and it fits."""
     from ..calibration import load_skeleton
-    from ..loading import MODEL_ALIASES, LoadedModel, _load_gguf, load_model, parse_dtype, resolve_alias
+    from ..loading import (MODEL_ALIASES, LoadedModel, _load_gguf, checkpoint_dtype, load_model, parse_dtype,
+                           resolve_alias)
 
     source = str(model)
     path = Path(source).expanduser()
@@ -219,7 +225,8 @@ def _load_for_sequential(model, dtype, device, trust_remote_code, sequential):
         return load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code), None
     if sequential is None:
         logger.warning("the model does not fit in memory on %s; scoring sequentially (one layer at a time)", device)
-    skeleton, weights = load_skeleton(folder, dtype=parse_dtype(dtype) if dtype != "auto" else torch.float32,
+    torch_dtype = parse_dtype(dtype)
+    skeleton, weights = load_skeleton(folder, dtype=checkpoint_dtype(folder) if torch_dtype == "auto" else torch_dtype,
                                       device=device, trust_remote_code=trust_remote_code)
     try:
         from transformers import AutoTokenizer

@@ -54,6 +54,12 @@ class SLEBScorer(Scorer):
         for round_index in range(self.target()):
             candidates = sleb_candidates(self.num_layers, removed, protected)
             losses, _ = run.removal_losses(removed, candidates, desc=f"sleb: round {round_index + 1}")
+            not_numbers = [c for c in candidates if math.isnan(losses[c])]
+            if not_numbers:     # NaN compares False with everything: an argmin would keep the first candidate
+                raise DepthpruneError(f"sleb: the calibration loss is NaN without layer "
+                                      f"{', '.join(map(str, not_numbers))} in round {round_index + 1}; a layer "
+                                      "produced non-finite activations: re-score in float32 (--dtype float32) and "
+                                      "check the model and the data")
             best = min(candidates, key=lambda c: (losses[c], c))
             removed.add(best)
             self.order.append(best)
