@@ -136,6 +136,9 @@ def evaluate(model, ppl=None, seq_len=2048, tasks=None, num_fewshot: int | None 
                 "num_fewshot": num_fewshot, "limit": limit, "batch_size": batch_size, "dtype": str(dtype)}
 
     if ppl_names:
+        from ..adapter import check_context_length
+
+        check_context_length(loaded.model, max(lengths))   # before the first window, not after the shorter lengths
         tokenizer = require_tokenizer(loaded)
         results["perplexity"] = {}
         for name in ppl_names:
