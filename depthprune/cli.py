@@ -28,7 +28,9 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="depthprune", description="Make LLMs shallower: score, prune, collapse, "
+    from .commands.common import OneLineErrorParser, add_common_arguments
+
+    parser = OneLineErrorParser(prog="depthprune", description="Make LLMs shallower: score, prune, collapse, "
                                      "heal and evaluate decoder layers.")
     parser.add_argument("--version", action="version", version=f"depthprune {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens step by step")
@@ -38,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=module.HELP, description=module.__doc__,
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         module.add_arguments(command)
+        add_common_arguments(command)   # --threads for every verb, also those that do not add it themselves
         command.set_defaults(_run=module.run)
     return parser
 

@@ -120,7 +120,8 @@ def sweep_plot(result: dict) -> bytes:
 
 
 def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data="builtin", samples: int = 16,
-          seq_len: int = 256, seed: int = 0, eval_seq_len: int = 256, data_dir=None, max_windows: int | None = None,
+          seq_len: int = 256, seed: int = 0, text_field: str | None = None, chat_template: bool = False,
+          eval_seq_len: int = 256, data_dir=None, max_windows: int | None = None,
           limit: int | None = None, heal_steps: int = 0, heal_method: str = "lora", heal_data=None,
           scores=None, output=None, force: bool = False, dtype="float32", device="cpu", trust_remote_code: bool = False) -> dict:
     """Evaluate the model with n layers removed by each method, for every n (``depthprune sweep``).
@@ -131,6 +132,8 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
         n: layer counts, ``"0:15"`` (inclusive) or ``"2,4,8"``; 0 is the dense model.
         eval: what to measure: perplexity sources (wikitext2, ptb, c4) and/or tasks (piqa, arc_easy, ...).
         data, samples, seq_len, seed: the calibration data for scoring.
+        text_field, chat_template: how records are read (JSON/Parquet field) and formatted, for the calibration
+            data and the healing data alike.
         eval_seq_len: perplexity window length.
         data_dir: offline evaluation data (one folder per source/task, e.g. ../shared/data).
         max_windows: score only the first N perplexity windows (faster, state it).
@@ -175,15 +178,19 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
     if max(counts) >= num_layers - 1:
         raise DepthpruneError(f"--n up to {max(counts)} leaves too few of {num_layers} layers; keep at least 2 "
                               f"(largest n is {num_layers - 2})")
-    spec = DataSpec(source=data, samples=samples, seq_len=seq_len, seed=seed)
+    spec = DataSpec(source=data, samples=samples, seq_len=seq_len, seed=seed, text_field=text_field,
+                    chat_template=chat_template)
     metrics = [m for m in method_list if m != "last"]
     if scores is not None:
         from .prune import read_scores
+
+        from .prune import check_scores_model
 
         scores = read_scores(scores)
         if int(scores["num_layers"]) != num_layers:
             raise DepthpruneError(f"the scores are for {scores['num_layers']} layers but the model has {num_layers}; "
                                   "re-score this model or drop --scores")
+        check_scores_model(scores, loaded)
     elif metrics:
         sleb_n = max(counts) if "sleb" in metrics else None
         scores = score(loaded, metrics=",".join(metrics), data=spec, sleb_n=sleb_n or None, device=device)
@@ -217,7 +224,9 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
                         from .heal import heal
 
                         healed = heal(LoadedModel(model=pruned, tokenizer=loaded.tokenizer, source=loaded.source,
-                                                  description=loaded.description), data=heal_data or data,
+                                                  description=loaded.description),
+                                      data=DataSpec(source=heal_data or data, samples=0, text_field=text_field,
+                                                    chat_template=chat_template),
                                       method=heal_method, max_steps=heal_steps, seq_len=seq_len, seed=seed,
                                       eval_samples=4, output=heal_root / f"{method}-{count}", force=True,
                                       progress=False)

@@ -11,12 +11,13 @@ and rejected candidate in the original numbering, beside a plot of the similarit
 
 from __future__ import annotations
 
-from .common import add_data_arguments, add_model_arguments, add_output_arguments, print_json
+from .common import add_common_arguments, add_data_arguments, add_model_arguments, add_output_arguments, print_json
 
 HELP = "merge rear layers into prior ones (LaCo) and save the collapsed checkpoint"
 
 
 def add_arguments(parser) -> None:
+    add_common_arguments(parser)
     add_model_arguments(parser)
     add_data_arguments(parser, samples=5, seq_len=128)
     parser.add_argument("--combine", "-C", type=int, default=7,

@@ -10,8 +10,9 @@ HELP = "evaluate quality against layers removed, one curve per criterion"
 
 
 def add_arguments(parser) -> None:
-    from .common import add_data_arguments, add_model_arguments, add_output_arguments
+    from .common import add_common_arguments, add_data_arguments, add_model_arguments, add_output_arguments
 
+    add_common_arguments(parser)
     add_model_arguments(parser)
     parser.add_argument("--methods", default="angular,bi,last,ppl",
                         help="comma-separated: angular, bi, ppl, taylor, magnitude, sleb, last")
@@ -31,9 +32,18 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..sweep import sweep
+    from .common import check_data_options, data_spec_from_args, refuse_ignored
 
-    result = sweep(args.model, methods=args.methods, n=args.n, eval=args.eval, data=args.data, samples=args.samples,
-                   seq_len=args.seq_len, seed=args.seed, eval_seq_len=args.eval_seq_len, data_dir=args.data_dir,
+    if not args.heal_steps:
+        refuse_ignored(args, ("heal_method", "heal_data"), "without --heal-steps", fix="add --heal-steps K or drop")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    scored = args.scores is None and any(m != "last" for m in methods)
+    check_data_options(args, scored or bool(args.heal_steps and args.heal_data is None),
+                       "(nothing is scored, and healing is off or reads --heal-data)")
+    spec = data_spec_from_args(args)
+    result = sweep(args.model, methods=args.methods, n=args.n, eval=args.eval, data=spec.source,
+                   samples=spec.samples, seq_len=spec.seq_len, seed=spec.seed, text_field=spec.text_field,
+                   chat_template=spec.chat_template, eval_seq_len=args.eval_seq_len, data_dir=args.data_dir,
                    max_windows=args.max_windows, limit=args.limit, heal_steps=args.heal_steps,
                    heal_method=args.heal_method, heal_data=args.heal_data, scores=args.scores, output=args.output,
                    force=args.force, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
