@@ -163,6 +163,15 @@ def _hf_texts(name: str, text_field: str | None) -> list[str]:
     return [t for t in dataset[field] if isinstance(t, str) and t.strip()]
 
 
+def check_source(source: str) -> None:
+    """Refuse a local data source that does not exist, in a moment, before a model is loaded for it."""
+    if source in SPECIAL_SOURCES or source in HF_DATASETS or source.startswith("hf:"):
+        return
+    if not Path(source).expanduser().exists():
+        raise DepthpruneError(f"data {source!r} not found: give a file, a folder, builtin, self, "
+                              f"{', '.join(HF_DATASETS)} or hf:PATH:CONFIG:SPLIT")
+
+
 def load_texts(source: str, text_field: str | None = None) -> list[str]:
     """The documents of a data source (every source but ``self``, which needs a model)."""
     if source == "builtin":

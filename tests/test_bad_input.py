@@ -277,3 +277,45 @@ def test_a_real_process_prints_one_line_and_no_traceback(world, tmp_path, argv, 
     errors = [line for line in process.stderr.splitlines() if line.startswith("depthprune: error:")]
     assert len(errors) == 1 and all(word in errors[0] for word in words), process.stderr
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------ beyond the table
+def test_a_missing_data_file_is_refused_before_the_model_is_loaded(world, tmp_path, monkeypatch, capsys):
+    import importlib
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the data was checked")
+
+    monkeypatch.setattr(importlib.import_module("depthprune.loading"), "load_model", no_loading)
+    monkeypatch.setattr(importlib.import_module("depthprune.prune"), "load_model", no_loading)
+    for argv in (["score", str(world / "tiny"), "--data", str(world / "missing.txt"), "--output", str(tmp_path / "o")],
+                 ["prune", str(world / "tiny"), "--method", "bi", "--n", "1", "--data", str(world / "missing.txt"),
+                  "--output", str(tmp_path / "o")]):
+        assert run_cli(argv) == 2
+        assert "missing.txt' not found" in capsys.readouterr().err
+
+
+def test_sweep_reads_records_through_text_field(world, tmp_path, capsys):
+    """--text-field reaches sweep's calibration data (it was ignored, so records without 'text' failed)."""
+    out = tmp_path / "sweep"
+    assert run_cli(["sweep", str(world / "tiny"), "--methods", "bi", "--n", "1", "--eval", "builtin",
+                    "--eval-seq-len", "16", "--max-windows", "2", "--data", str(world / "data" / "body.jsonl"),
+                    "--text-field", "body", "--samples", "2", "--seq-len", "8", "--output", str(out)]) == 0
+    calibration = json.loads((out / "sweep.json").read_text())["calibration"]
+    assert calibration["text_field"] == "body" and calibration["data"].endswith("body.jsonl")
+
+
+def test_a_refused_config_list_leaves_the_model_untouched(world):
+    from transformers import AutoModelForCausalLM
+
+    from depthprune import DepthpruneError, remove_layers
+
+    model = AutoModelForCausalLM.from_pretrained(world / "odd-config")
+    with pytest.raises(DepthpruneError, match="attention_chunk_layers"):
+        remove_layers(model, [1])
+    assert len(model.model.layers) == 6 and model.config.num_hidden_layers == 6
+    # A list that only happens to have one entry per layer, and that the table names as such, passes unchanged.
+    model.config.attention_chunk_layers = None
+    model.config.eos_token_id = [2, 3, 4, 5, 6, 7]
+    assert remove_layers(model, [1]) == [0, 2, 3, 4, 5]
+    assert model.config.eos_token_id == [2, 3, 4, 5, 6, 7] and model.config.num_hidden_layers == 5

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..data import DataSpec
+from ..data import DataSpec, check_source
 from ..errors import DepthpruneError
 
 DATA_OPTIONS = ("data", "samples", "seq_len", "seed", "text_field", "chat_template")
@@ -140,6 +140,7 @@ def data_spec_from_args(args) -> DataSpec:
         raise DepthpruneError(f"--samples must be at least 1 (got {args.samples})")
     if args.seq_len < 2:
         raise DepthpruneError(f"--seq-len must be at least 2 tokens (got {args.seq_len})")
+    check_source(args.data)
     return DataSpec(source=args.data, samples=args.samples, seq_len=args.seq_len, seed=args.seed,
                     text_field=args.text_field, chat_template=args.chat_template)
 
