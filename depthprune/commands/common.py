@@ -72,6 +72,26 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"depthprune: error: {where}{message}; see '{self.prog} --help'\n")
 
 
+def _whole_number(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least} (got {value})")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts where 0 makes no sense (windows, items, batch sizes)."""
+    return _whole_number(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type for counts where 0 means "none" (few-shot examples, healing steps)."""
+    return _whole_number(text, 0)
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """What every verb has: ``--threads``, and a record of which options were given (see :func:`given_options`).
 

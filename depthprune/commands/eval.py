@@ -9,7 +9,8 @@ mmlu/{dev,test}/*.csv.
 
 from __future__ import annotations
 
-from .common import add_common_arguments, add_model_arguments, add_output_arguments, refuse_ignored
+from .common import (add_common_arguments, add_model_arguments, add_output_arguments, non_negative_int, positive_int,
+                     refuse_ignored)
 
 HELP = "evaluate perplexity, lm-eval-style multiple choice and speed"
 
@@ -31,13 +32,14 @@ def add_arguments(parser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--ppl", default=None, metavar="NAMES", help="perplexity sources: wikitext2,ptb,c4")
     parser.add_argument("--seq-len", default="2048", help="perplexity window length(s), e.g. 128,2048")
-    parser.add_argument("--ppl-max-windows", type=int, default=None, help="score only the first N windows")
+    parser.add_argument("--ppl-max-windows", type=positive_int, default=None, help="score only the first N windows")
     parser.add_argument("--tasks", default=None, metavar="NAMES",
                         help="boolq,piqa,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa,mmlu")
-    parser.add_argument("--num-fewshot", type=int, default=None,
+    parser.add_argument("--num-fewshot", type=non_negative_int, default=None,
                         help="examples per prompt (default: each task's own; MMLU 5, others 0)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N items per task (per MMLU subject)")
-    parser.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass for tasks")
+    parser.add_argument("--limit", type=positive_int, default=None,
+                        help="only the first N items per task (per MMLU subject)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="sequences per forward pass for tasks")
     parser.add_argument("--backend", default="local", choices=("local", "lm-eval"),
                         help="local: offline evaluator; lm-eval: the harness itself on the same model wrapper")
     parser.add_argument("--data-dir", default=None, help="offline data folder (e.g. ../shared/data)")

@@ -10,7 +10,8 @@ HELP = "evaluate quality against layers removed, one curve per criterion"
 
 
 def add_arguments(parser) -> None:
-    from .common import add_common_arguments, add_data_arguments, add_model_arguments, add_output_arguments
+    from .common import (add_common_arguments, add_data_arguments, add_model_arguments, add_output_arguments,
+                         non_negative_int, positive_int)
 
     add_common_arguments(parser)
     add_model_arguments(parser)
@@ -20,9 +21,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--eval", default="wikitext2", help="perplexity sources and/or tasks, e.g. wikitext2,piqa")
     parser.add_argument("--eval-seq-len", type=int, default=256, help="perplexity window length")
     parser.add_argument("--data-dir", default=None, help="offline evaluation data, e.g. ../shared/data")
-    parser.add_argument("--max-windows", type=int, default=None, help="only the first N perplexity windows")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N items of each task")
-    parser.add_argument("--heal-steps", type=int, default=0, help="heal each pruned point for this many steps")
+    parser.add_argument("--max-windows", type=positive_int, default=None, help="only the first N perplexity windows")
+    parser.add_argument("--limit", type=positive_int, default=None, help="only the first N items of each task")
+    parser.add_argument("--heal-steps", type=non_negative_int, default=0,
+                        help="heal each pruned point for this many steps")
     parser.add_argument("--heal-method", default="lora", help="lora, full or distill")
     parser.add_argument("--heal-data", default=None, help="healing data SPEC (default: --data)")
     parser.add_argument("--scores", default=None, metavar="FILE", help="reuse a scores.json from depthprune score")
