@@ -222,6 +222,8 @@ CASES = [
     ("sweep-heal-method-without-heal-steps", ["sweep", "{W}/tiny", "--methods", "last", "--n", "1", "--eval",
                                               "builtin", "--heal-method", "full", "--output", "{OUT}"],
      ["--heal-method", "ignored", "--heal-steps"]),
+    ("sweep-data-with-last-only", ["sweep", "{W}/tiny", "--methods", "last", "--n", "1", "--eval", "builtin",
+                                   "--samples", "4", "--output", "{OUT}"], ["--samples", "ignored", "last"]),
     ("sweep-scores-of-another-model", ["sweep", "{W}/tiny", "--methods", "magnitude", "--n", "1", "--eval",
                                        "builtin", "--scores", "{W}/other-scores/scores.json", "--output", "{OUT}"],
      ["other-model", "depthprune score"]),
@@ -331,3 +333,18 @@ def test_a_refused_config_list_leaves_the_model_untouched(world):
     model.config.eos_token_id = [2, 3, 4, 5, 6, 7]
     assert remove_layers(model, [1]) == [0, 2, 3, 4, 5]
     assert model.config.eos_token_id == [2, 3, 4, 5, 6, 7] and model.config.num_hidden_layers == 5
+
+
+def test_a_recipe_shaped_like_the_demo_is_not_refused(world, tmp_path):
+    """The runner passes the score step's scores on; the sweep step repeating that data is not bad input."""
+    data = {"data": "builtin", "samples": 2, "seq_len": 16}
+    recipe = {"model": str(world / "tiny"), "output": str(tmp_path / "run"), "defaults": {"threads": 1},
+              "steps": [{"score": {**data, "metrics": "bi", "no_plots": True}},
+                        {"sweep": {"methods": "bi,last", "n": "0:1", "eval": "builtin", "eval_seq_len": 16,
+                                   "max_windows": 2, **data}},
+                        {"prune": {"method": "bi", "n": 1}}]}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert run_cli(["run", str(path)]) == 0
+    pruned = json.loads((tmp_path / "run" / "03-prune" / "depthprune.json").read_text())
+    assert pruned["plan"]["settings"]["scores_file"].endswith("01-score/scores.json")

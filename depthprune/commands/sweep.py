@@ -39,9 +39,11 @@ def run(args) -> int:
     if not args.heal_steps:
         refuse_ignored(args, ("heal_method", "heal_data"), "without --heal-steps", fix="add --heal-steps K or drop")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    scored = args.scores is None and any(m != "last" for m in methods)
+    # With --scores the data options still describe the calibration the scores came from (a recipe passes the
+    # score step's scores and the sweep step repeats its data), so only a sweep that never scores refuses them.
+    scored = any(m != "last" for m in methods)
     check_data_options(args, scored or bool(args.heal_steps and args.heal_data is None),
-                       "(nothing is scored, and healing is off or reads --heal-data)")
+                       "with --methods last (nothing is scored) and healing off or reading --heal-data")
     spec = data_spec_from_args(args)
     result = sweep(args.model, methods=args.methods, n=args.n, eval=args.eval, data=spec.source,
                    samples=spec.samples, seq_len=spec.seq_len, seed=spec.seed, text_field=spec.text_field,
