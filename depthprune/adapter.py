@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 # Config keys that count layers, in the order the generic fallback tries them.
 _LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 _FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_norm", "norm_f")
+# Config keys that give the longest sequence the model was built (and trained) for.
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len")
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class ArchitectureSpec:
     lm_head: str
     num_layers_key: str
     per_layer_lists: tuple[str, ...] = ()
+    not_per_layer_lists: tuple[str, ...] = ()
     layer_index_lists: tuple[str, ...] = ()
     layer_count_thresholds: tuple[str, ...] = ()
     moe_sparse_step_key: str | None = None
@@ -59,6 +62,7 @@ def architecture_table() -> dict[str, ArchitectureSpec]:
             lm_head=entry["lm_head"],
             num_layers_key=entry["num_layers_key"],
             per_layer_lists=tuple(entry["per_layer_lists"]),
+            not_per_layer_lists=tuple(entry["not_per_layer_lists"]),
             layer_index_lists=tuple(entry["layer_index_lists"]),
             layer_count_thresholds=tuple(entry["layer_count_thresholds"]),
             moe_sparse_step_key=entry.get("moe_sparse_step_key"),
@@ -170,6 +174,7 @@ class ModelAdapter:
             lm_head=names.get(id(head_module), "") if head_module is not None else "",
             num_layers_key=count_key,
             per_layer_lists=architecture_table()["llama"].per_layer_lists,
+            not_per_layer_lists=architecture_table()["llama"].not_per_layer_lists,
             guessed=True,
         )
         message = (
@@ -286,11 +291,37 @@ class ModelAdapter:
                     f"cannot remove layers exactly when config.{key}={bad_value!r} (the layer's maths depends on its "
                     f"position); set {key}={not bad_value!r} only if that is what the model was trained with"
                 )
+        self.check_config_lists()
         kept = [i for i in range(num_layers) if i not in set(removed)]
         return removed, kept
 
+    def check_config_lists(self) -> None:
+        """Refuse a config whose per-layer lists surgery would get wrong, before any layer is touched.
+
+        A list the table marks as per-layer must have one entry per layer; a list of that length that the table
+        does not know is probably per-layer too, and leaving it unfiltered would describe the wrong layers.
+        """
+        config, spec, count = self.text_config, self.spec, self.num_layers
+        for key in spec.per_layer_lists:
+            values = getattr(config, key, None)
+            if values is not None and len(values) != count:
+                raise DepthpruneError(f"config.{key} has {len(values)} entries but the model has {count} layers; fix "
+                                      "the config")
+        known = set(spec.per_layer_lists) | set(spec.layer_index_lists) | set(spec.not_per_layer_lists)
+        unknown = sorted(key for key, value in config.to_dict().items()
+                         if isinstance(value, list) and len(value) == count and key not in known)
+        if unknown:
+            key = unknown[0]
+            entry = f"the {spec.model_type!r} entry" if not spec.guessed else f"a new {spec.model_type!r} entry"
+            raise DepthpruneError(
+                f"config.{key} has one entry per layer ({count}) but the architecture table does not say what it "
+                f"is; add {key!r} to \"per_layer_lists\" (filtered with the kept layers) or \"not_per_layer_lists\" "
+                f"(left as is) of {entry} in depthprune/architectures.json"
+            )
+
     def keep_layers(self, kept: Sequence[int]) -> None:
         """Keep only ``kept`` (current numbering, ascending) and fix every place that counts or indexes layers."""
+        self.check_config_lists()   # refuse before the model is changed, not halfway through
         config = self.text_config
         old_count = self.num_layers
         old_layers = self.layers
@@ -330,10 +361,6 @@ class ModelAdapter:
             values = getattr(config, key, None)
             if values is None:
                 continue
-            if len(values) != old_count:
-                raise DepthpruneError(
-                    f"config.{key} has {len(values)} entries but the model has {old_count} layers; fix the config"
-                )
             setattr(config, key, [values[i] for i in kept])
         for key in spec.layer_index_lists:
             values = getattr(config, key, None)
@@ -346,16 +373,24 @@ class ModelAdapter:
                 setattr(config, key, sum(1 for i in kept if i < threshold))
         setattr(config, spec.num_layers_key, len(kept))
 
-        covered = set(spec.per_layer_lists) | set(spec.layer_index_lists)
-        suspicious = [
-            k for k, v in config.to_dict().items()
-            if isinstance(v, list) and len(v) == old_count and k not in covered
-        ]
-        if suspicious:
-            logger.warning(
-                "config entries %s have one entry per layer but are not in the architecture table; left unchanged",
-                suspicious,
-            )
+
+
+def context_length(model: nn.Module) -> tuple[int, str] | None:
+    """``(tokens, config key)``: the longest sequence the model's config allows, or None when it does not say."""
+    config = _text_config(model.config)
+    for key in _CONTEXT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, key
+    return None
+
+
+def check_context_length(model: nn.Module, length: int, option: str = "--seq-len") -> None:
+    """Refuse sequences longer than the model's context: positions past it are untrained (or do not exist)."""
+    limit = context_length(model)
+    if limit is not None and length > limit[0]:
+        raise DepthpruneError(f"{option} {length} is longer than this model's context ({limit[1]} = {limit[0]}); "
+                              f"use {option} {limit[0]} or less")
 
 
 def remove_layers(model: nn.Module, layers: Iterable[int], allow_final_layer: bool = False,

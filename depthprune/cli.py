@@ -44,24 +44,20 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-class Parser(argparse.ArgumentParser):
-    """Parser errors read like every other error: one ``depthprune: error:`` line, exit status 2."""
-
-    def error(self, message):
-        self.exit(2, f"depthprune: error: {message} (see '{self.prog} --help')\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="depthprune", description="Make LLMs shallower: score, prune, collapse, heal and evaluate "
-                    "decoder layers.")
+    from .commands.common import OneLineErrorParser, add_common_arguments
+
+    parser = OneLineErrorParser(prog="depthprune", description="Make LLMs shallower: score, prune, collapse, "
+                                     "heal and evaluate decoder layers.")
     parser.add_argument("--version", action="version", version=f"depthprune {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens step by step")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=OneLineErrorParser)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
         command = sub.add_parser(name, help=module.HELP, description=module.__doc__,
                                  formatter_class=HelpFormatter)
         module.add_arguments(command)
+        add_common_arguments(command)   # --threads for every verb, also those that do not add it themselves
         command.set_defaults(_run=module.run)
     return parser
 

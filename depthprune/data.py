@@ -90,13 +90,20 @@ def _inner_suffix(path: Path) -> str:
     return Path(path.stem).suffix.lower() if path.suffix == ".gz" else path.suffix.lower()
 
 
-def _field(record: dict, text_field: str | None, path: Path) -> str:
+def _record_text(record, text_field: str | None, path: Path, where: str) -> str:
+    """The text of one JSON record; anything but an object holding a string there is an error (never ``"None"``)."""
     field = text_field or "text"
+    if not isinstance(record, dict):
+        raise DepthpruneError(f"{path}: {where} is a JSON {type(record).__name__}, not an object; write one object "
+                              f"per record, e.g. {{\"{field}\": \"...\"}}")
     if field not in record:
-        raise DepthpruneError(f"{path}: records have no field {field!r} (fields: {', '.join(map(str, record))}); "
+        raise DepthpruneError(f"{path}: {where} has no field {field!r} (fields: {', '.join(map(str, record))}); "
                               "pass --text-field NAME")
     value = record[field]
-    return value if isinstance(value, str) else str(value)
+    if not isinstance(value, str):
+        shown = "null" if value is None else f"a {type(value).__name__}"
+        raise DepthpruneError(f"{path}: {where}: field {field!r} is {shown}, not a string; fix or remove that record")
+    return value
 
 
 def read_file_texts(path: str | Path, text_field: str | None = None) -> list[str]:
@@ -121,11 +128,16 @@ def read_file_texts(path: str | Path, text_field: str | None = None) -> list[str
         try:
             if stripped.startswith("["):
                 records = json.loads(text)
+                if not isinstance(records, list):
+                    records = [records]
+                located = [(record, f"item {number}") for number, record in enumerate(records, start=1)]
             else:
-                records = [json.loads(line) for line in text.splitlines() if line.strip()]
+                located = [(json.loads(line), f"line {number}")
+                           for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
         except json.JSONDecodeError as error:
             raise DepthpruneError(f"{path}: not valid JSON/JSON Lines ({error})") from None
-        return [t for t in (_field(r, text_field, path) for r in records) if t.strip()]
+        texts = [_record_text(record, text_field, path, where) for record, where in located]
+        return [t for t in texts if t.strip()]
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -135,7 +147,9 @@ def read_file_texts(path: str | Path, text_field: str | None = None) -> list[str
     if field not in table.column_names:
         raise DepthpruneError(f"{path}: no column {field!r} (columns: {', '.join(table.column_names)}); "
                               "pass --text-field NAME")
-    return [t for t in table.column(field).to_pylist() if isinstance(t, str) and t.strip()]
+    texts = [_record_text(record, field, path, f"row {number}")
+             for number, record in enumerate(({field: value} for value in table.column(field).to_pylist()), start=1)]
+    return [t for t in texts if t.strip()]
 
 
 def load_hf_dataset(name: str, path: str, config: str | None, split: str, extra: dict, offline_hint: str):
@@ -171,6 +185,15 @@ def _hf_texts(name: str, text_field: str | None) -> list[str]:
         raise DepthpruneError(f"dataset {name!r} has no field {field!r} (fields: {', '.join(dataset.column_names)}); "
                               "pass --text-field NAME")
     return [t for t in dataset[field] if isinstance(t, str) and t.strip()]
+
+
+def check_source(source: str) -> None:
+    """Refuse a local data source that does not exist, in a moment, before a model is loaded for it."""
+    if source in SPECIAL_SOURCES or source in HF_DATASETS or source.startswith("hf:"):
+        return
+    if not Path(source).expanduser().exists():
+        raise DepthpruneError(f"data {source!r} not found: give a file, a folder, builtin, self, "
+                              f"{', '.join(HF_DATASETS)} or hf:PATH:CONFIG:SPLIT")
 
 
 def load_texts(source: str, text_field: str | None = None) -> list[str]:
@@ -300,6 +323,13 @@ def calibration_blocks(spec: DataSpec | str, tokenizer, model=None, **overrides)
         spec = DataSpec(source=spec)
     if overrides:
         spec = DataSpec(**{**spec.__dict__, **overrides})
+    if tokenizer is None:
+        raise DepthpruneError("this model has no tokenizer, so text cannot be read; copy the base model's tokenizer "
+                              "files (tokenizer.json, tokenizer_config.json) into its folder")
+    if model is not None:
+        from .adapter import check_context_length
+
+        check_context_length(model, spec.seq_len)
     if spec.source == "self":
         if model is None:
             raise DepthpruneError("data 'self' needs the model to generate text; pass model=")

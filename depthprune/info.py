@@ -11,8 +11,9 @@ def info(model: str | LoadedModel, dtype="auto", device="cpu", trust_remote_code
     """Architecture, layer count, parameters and dtype of a model (and its depthprune provenance, if any)."""
     loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device,
                                                                       trust_remote_code=trust_remote_code)
-    summary = {"model": loaded.description, **ModelAdapter(loaded.model).describe()}
-    metadata = read_metadata(loaded.checkpoint_dir)
+    adapter = ModelAdapter(loaded.model)
+    summary = {"model": loaded.description, **adapter.describe()}
+    metadata = read_metadata(loaded.checkpoint_dir, num_layers=adapter.num_layers)
     if metadata:
         summary["depthprune"] = {k: metadata.get(k) for k in ("base_model", "method", "removed_layers",
                                                                "num_layers_original")}

@@ -19,12 +19,9 @@ def original_numbering(loaded: LoadedModel, plan: PrunePlan) -> dict:
 
     Pruning an already pruned checkpoint composes: its ``kept_layers`` map our indices back to the base model.
     """
-    parent = read_metadata(loaded.checkpoint_dir)
+    parent = read_metadata(loaded.checkpoint_dir, num_layers=plan.num_layers)
     if parent and "kept_layers" in parent:
         base_kept = parent["kept_layers"]
-        if len(base_kept) != plan.num_layers:
-            raise DepthpruneError(f"{loaded.checkpoint_dir}/depthprune.json lists {len(base_kept)} kept layers but the "
-                                  f"model has {plan.num_layers}; the file does not belong to these weights")
         kept = [base_kept[i] for i in plan.kept_layers]
         original_count = parent.get("num_layers_original", len(base_kept))
         return {
@@ -106,6 +103,13 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
         raise DepthpruneError("--method needs exactly one of --n (layers to remove) and --ratio (fraction)")
     if layers is not None and (n is not None or ratio is not None or scores is not None):
         raise DepthpruneError("--n, --ratio and --scores go with --method, not with --layers")
+    if layers is not None and (data is not None or keep_edges is not None):
+        raise DepthpruneError("--data and --keep-edges would be ignored with --layers (the layers are named, nothing "
+                              "is scored); drop them")
+    if method is not None and data is not None and (scores is not None or method in ("last", "magnitude")):
+        why = "with --scores (the scores are reused)" if scores is not None else f"with --method {method} (it reads " \
+              "no data)"
+        raise DepthpruneError(f"--data would be ignored {why}; drop it")
     layer_list = None
     if layers is not None:
         layer_list = parse_layer_list(layers) if isinstance(layers, str) else list(layers)
@@ -129,6 +133,7 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
     loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device,
                                                                       trust_remote_code=trust_remote_code)
     adapter = ModelAdapter(loaded.model)
+    read_metadata(loaded.checkpoint_dir, num_layers=adapter.num_layers)   # a foreign depthprune.json: refuse now
     extra_files = None
     if method is None:
         removed, _ = adapter.check_removal(layer_list, **allow)
@@ -153,6 +158,9 @@ def read_scores(scores) -> dict:
     if isinstance(scores, dict):
         return scores
     path = Path(scores)
+    if path.is_dir():
+        raise DepthpruneError(f"--scores {path} is a folder; give the scores.json file inside it "
+                              f"({path / 'scores.json'})")
     if not path.is_file():
         raise DepthpruneError(f"scores file {path} does not exist; give the scores.json written by depthprune score")
     try:
@@ -165,6 +173,15 @@ def read_scores(scores) -> dict:
     return data
 
 
+def check_scores_model(scores: dict, loaded: LoadedModel) -> None:
+    """Refuse scores computed for another model: equal layer counts do not make the ranking apply to these weights."""
+    scored = scores.get("model")
+    if scored is not None and scored != loaded.description:
+        raise DepthpruneError(f"the scores were computed for {scored}, not {loaded.description}; score this model "
+                              f"(depthprune score {loaded.source} ...), or, if they are the same weights under "
+                              f"another name, set \"model\" in the scores file to {loaded.description!r}")
+
+
 def _plan_by_criterion(loaded, adapter, method, n, ratio, data, scores_data, tokens, keep_edges, batch_size,
                        allow: dict, device) -> tuple[PrunePlan, dict | None]:
     from .selection import resolve_count, select_layers
@@ -175,9 +192,7 @@ def _plan_by_criterion(loaded, adapter, method, n, ratio, data, scores_data, tok
         if int(scores_data["num_layers"]) != num_layers:
             raise DepthpruneError(f"the scores are for {scores_data['num_layers']} layers but the model has "
                                   f"{num_layers}; score this model (depthprune score) or drop --scores")
-        if scores_data.get("model") not in (None, loaded.description):
-            logger.warning("the scores were computed for %s, not %s; using them because the layer counts match",
-                           scores_data["model"], loaded.description)
+        check_scores_model(scores_data, loaded)
         all_scores = scores_data
     elif method == "last":
         all_scores = {"num_layers": num_layers}

@@ -248,14 +248,34 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def read_metadata(checkpoint_dir: str | os.PathLike | None) -> dict | None:
-    """The ``depthprune.json`` of a checkpoint we wrote, or None."""
+def read_metadata(checkpoint_dir: str | os.PathLike | None, num_layers: int | None = None) -> dict | None:
+    """The ``depthprune.json`` of a checkpoint we wrote, or None when there is none.
+
+    A file that is not a JSON object, whose layer lists are not lists of layer numbers, or (given ``num_layers``,
+    the layer count of the weights beside it) whose ``kept_layers`` do not match the weights, is an error: its
+    provenance would be carried into every output made from this checkpoint.
+    """
     if checkpoint_dir is None:
         return None
     path = Path(checkpoint_dir) / METADATA_FILE
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    fix = "remove or rename it if it does not belong to these weights"
+    try:
+        metadata = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DepthpruneError(f"{path} is not valid JSON ({error}); {fix}") from None
+    if not isinstance(metadata, dict):
+        raise DepthpruneError(f"{path} holds a JSON {type(metadata).__name__}, not the object depthprune writes; {fix}")
+    for key in ("kept_layers", "removed_layers"):
+        values = metadata.get(key)
+        if values is not None and not (isinstance(values, list) and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                          and v >= 0 for v in values)):
+            raise DepthpruneError(f"{path}: {key!r} is not a list of layer numbers; {fix}")
+    kept = metadata.get("kept_layers")
+    if num_layers is not None and kept is not None and len(kept) != num_layers:
+        raise DepthpruneError(f"{path} lists {len(kept)} kept layers but the model beside it has {num_layers}; {fix}")
+    return metadata
 
 
 def _model_card(metadata: dict) -> str:

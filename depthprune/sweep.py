@@ -246,7 +246,8 @@ def _finished_points(out: Path, settings: dict, force: bool) -> list[dict] | Non
 
 
 def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data="builtin", samples: int = 16,
-          seq_len: int = 256, seed: int = 0, eval_seq_len: int = 256, data_dir=None, max_windows: int | None = None,
+          seq_len: int = 256, seed: int = 0, text_field: str | None = None, chat_template: bool = False,
+          eval_seq_len: int = 256, data_dir=None, max_windows: int | None = None,
           limit: int | None = None, heal_steps: int = 0, heal_method: str = "lora", heal_data=None,
           scores=None, output=None, force: bool = False, plots: bool = True, dtype="auto", device="cpu",
           trust_remote_code: bool = False) -> dict:
@@ -262,6 +263,8 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
         n: layer counts, ``"0:15"`` (inclusive) or ``"2,4,8"``; 0 is the dense model.
         eval: what to measure: perplexity sources (wikitext2, ptb, c4) and/or tasks (piqa, arc_easy, ...).
         data, samples, seq_len, seed: the calibration data for scoring.
+        text_field, chat_template: how records are read (JSON/Parquet field) and formatted, for the calibration
+            data and the healing data alike.
         eval_seq_len: perplexity window length.
         data_dir: offline evaluation data (one folder per source/task, e.g. ../shared/data).
         max_windows: score only the first N perplexity windows (faster, state it).
@@ -300,7 +303,8 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
     if unknown or not evals:
         raise DepthpruneError(f"--eval {eval!r}: unknown {unknown or 'nothing'}; use perplexity sources "
                               f"({', '.join(PPL_SOURCES)}) and/or tasks ({', '.join(TASKS)})")
-    spec = DataSpec(source=data, samples=samples, seq_len=seq_len, seed=seed)
+    spec = DataSpec(source=data, samples=samples, seq_len=seq_len, seed=seed, text_field=text_field,
+                    chat_template=chat_template)
     # What decides the points: a re-run continues an unfinished sweep only when these are the same.
     settings = json.loads(json.dumps({
         "model": _model_identity(model), "dtype": str(dtype), "methods": method_list, "n": counts, "eval": evals,
@@ -326,6 +330,8 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
     metrics = [m for m in method_list if m != "last"]
     from .prune import read_scores
 
+    from .prune import check_scores_model
+
     if finished is not None and metrics and (out / "scores.json").is_file():
         scores = read_scores(out / "scores.json")   # the scores the finished points were chosen with
     elif scores is not None:
@@ -333,6 +339,7 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
         if int(scores["num_layers"]) != num_layers:
             raise DepthpruneError(f"the scores are for {scores['num_layers']} layers but the model has {num_layers}; "
                                   "re-score this model or drop --scores")
+        check_scores_model(scores, loaded)
     elif metrics:
         sleb_n = max(counts) if "sleb" in metrics else None
         scores = score(loaded, metrics=",".join(metrics), data=spec, sleb_n=sleb_n or None, device=device)
@@ -387,7 +394,9 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
                     from .heal import heal
 
                     healed = heal(LoadedModel(model=pruned, tokenizer=loaded.tokenizer, source=loaded.source,
-                                              description=loaded.description), data=heal_data or data,
+                                              description=loaded.description),
+                                  data=DataSpec(source=heal_data or data, samples=0, text_field=text_field,
+                                                chat_template=chat_template),
                                   method=heal_method, max_steps=heal_steps, seq_len=seq_len, seed=seed,
                                   eval_samples=4, output=heal_root / f"{method}-{count}", force=True,
                                   progress=False)

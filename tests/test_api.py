@@ -13,7 +13,7 @@ from depthprune import api
 from depthprune.cli import COMMANDS
 
 # CLI options that configure the process, not the computation, per verb.
-PROCESS_ONLY = {"help", "verbose", "threads", "json", "no_progress", "no_plots", "no_plot", "validate"}
+PROCESS_ONLY = {"help", "verbose", "json", "no_progress", "no_plots", "no_plot", "validate"}
 # option dest -> API parameter where the names differ for a reason
 RENAMED = {"plots": "plots", "run_dirs": "run_dirs"}
 API_OF_VERB = {"info": api.info, "prune": api.prune, "score": api.score, "collapse": api.collapse,
@@ -60,6 +60,6 @@ def test_evaluate_writes_results_when_given_an_output(tiny_tokenizer, tmp_path):
 def test_eval_options_are_parameters_of_the_evaluator():
     from depthprune.evaluate.runner import evaluate
 
-    parameters = set(inspect.signature(evaluate).parameters) | {"output", "force"}
+    parameters = set(inspect.signature(evaluate).parameters) | set(inspect.signature(api.evaluate).parameters)
     missing = _dests("eval") - parameters
     assert not missing, f"eval: CLI options without an API parameter: {missing}"

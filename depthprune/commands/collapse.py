@@ -11,12 +11,14 @@ and rejected candidate in the original numbering, beside a plot of the similarit
 
 from __future__ import annotations
 
-from .common import add_data_arguments, add_model_arguments, add_output_arguments, print_json
+from .common import (add_common_arguments, add_data_arguments, add_model_arguments, add_output_arguments, positive_int,
+                     print_json)
 
 HELP = "merge rear layers into prior ones (LaCo) and save the collapsed checkpoint"
 
 
 def add_arguments(parser) -> None:
+    add_common_arguments(parser)
     add_model_arguments(parser)
     add_data_arguments(parser, samples=5, seq_len=128)
     parser.add_argument("--combine", "-C", type=int, default=7,
@@ -34,7 +36,7 @@ def add_arguments(parser) -> None:
                         help="remove exactly this many layers, searching the threshold")
     target.add_argument("--target-ratio", type=float, default=None,
                         help="remove this fraction of the layers (rounded), searching the threshold")
-    parser.add_argument("--batch-size", type=int, default=8, help="calibration blocks per forward pass")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="calibration blocks per forward pass")
     parser.add_argument("--no-plots", action="store_true", help="do not draw the similarity plot")
     parser.add_argument("--dry-run", action="store_true", help="run the walk, print the outcome, write nothing")
     add_output_arguments(parser, required=False)

@@ -9,7 +9,8 @@ mmlu/{dev,test}/*.csv.
 
 from __future__ import annotations
 
-from .common import add_model_arguments, add_output_arguments
+from .common import (add_common_arguments, add_model_arguments, add_output_arguments, non_negative_int, positive_int,
+                     refuse_ignored)
 
 HELP = "evaluate perplexity, lm-eval-style multiple choice and speed"
 
@@ -27,16 +28,18 @@ def _batch_sizes(text: str) -> list[int]:
 
 
 def add_arguments(parser) -> None:
+    add_common_arguments(parser)
     add_model_arguments(parser)
     parser.add_argument("--ppl", default=None, metavar="NAMES", help="perplexity sources, comma-separated: builtin (offline, always there), wikitext2, ptb, c4")
     parser.add_argument("--seq-len", default="2048", help="perplexity window length(s), e.g. 128,2048")
-    parser.add_argument("--ppl-max-windows", type=int, default=None, help="score only the first N windows")
+    parser.add_argument("--ppl-max-windows", type=positive_int, default=None, help="score only the first N windows")
     parser.add_argument("--tasks", default=None, metavar="NAMES",
                         help="boolq,piqa,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa,mmlu")
-    parser.add_argument("--num-fewshot", type=int, default=None,
+    parser.add_argument("--num-fewshot", type=non_negative_int, default=None,
                         help="examples per prompt (default: each task's own; MMLU 5, others 0)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N items per task (per MMLU subject)")
-    parser.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass for tasks")
+    parser.add_argument("--limit", type=positive_int, default=None,
+                        help="only the first N items per task (per MMLU subject)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="sequences per forward pass for tasks")
     parser.add_argument("--backend", default="local", choices=("local", "lm-eval"),
                         help="local: offline evaluator; lm-eval: the harness itself on the same model wrapper")
     parser.add_argument("--data-dir", default=None, help="offline data folder (e.g. ../shared/data)")
@@ -47,8 +50,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--speed-prompt-len", type=int, default=128, help="prompt tokens for prefill timing")
     parser.add_argument("--speed-new-tokens", type=int, default=32, help="decode steps for decode timing")
     parser.add_argument("--speed-repeats", type=int, default=5, help="timed runs (median reported)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (on a shared machine 1 can be several times faster)")
     add_output_arguments(parser)
 
 
@@ -59,15 +60,29 @@ def needs(args) -> list[tuple[str, str]]:
     return eval_needs(args.model, args.ppl, args.tasks, args.data_dir, args.backend, args.compare)
 
 
+SPEED_OPTIONS = ("speed_batch_sizes", "speed_prompt_len", "speed_new_tokens", "speed_repeats")
+TASK_OPTIONS = ("num_fewshot", "limit", "batch_size", "backend")
+PPL_OPTIONS = ("seq_len", "ppl_max_windows")
+
+
+def _check_options(args) -> None:
+    """Refuse options that belong to a part of the evaluation that was not asked for."""
+    if not (args.speed or args.compare):
+        refuse_ignored(args, SPEED_OPTIONS, "without --speed (or --compare)", fix="add --speed or drop")
+    if not args.tasks:
+        refuse_ignored(args, TASK_OPTIONS, "without --tasks", fix="add --tasks NAMES or drop")
+    if not args.ppl:
+        refuse_ignored(args, PPL_OPTIONS, "without --ppl", fix="add --ppl NAMES or drop")
+    if not (args.ppl or args.tasks):
+        refuse_ignored(args, ("data_dir",), "without --ppl or --tasks", fix="add one or drop")
+
+
 def run(args) -> int:
     from ..evaluate.runner import evaluate, markdown_table, write_results
     from ..saving import check_output_dir
 
+    _check_options(args)
     check_output_dir(args.output, args.force)  # refuse before the slow part
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(max(1, args.threads))
     results = evaluate(args.model, ppl=args.ppl, seq_len=args.seq_len, tasks=args.tasks,
                        num_fewshot=args.num_fewshot, limit=args.limit, speed=args.speed, compare=args.compare,
                        data_dir=args.data_dir, batch_size=args.batch_size, ppl_max_windows=args.ppl_max_windows,

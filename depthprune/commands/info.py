@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from .common import print_json
+from .common import add_common_arguments, print_json
 
 HELP = "describe a model: architecture, layers, parameters, dtype"
 
 
 def add_arguments(parser) -> None:
+    add_common_arguments(parser)
     parser.add_argument("model", help="checkpoint folder, .gguf file, Hugging Face hub id, or alias (smollm2-135m)")
     parser.add_argument("--dtype", default="auto", help="dtype to load with (auto keeps the checkpoint's)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")

@@ -8,14 +8,15 @@ criterion choose them: ``--method angular|bi|ppl|taylor|magnitude|sleb|last --n 
 
 from __future__ import annotations
 
-import argparse
-
-from .common import add_data_arguments, add_model_arguments, add_output_arguments, data_spec_from_args, print_json
+from .common import (DATA_OPTIONS, GivenBooleanOptional, add_common_arguments, add_data_arguments,
+                     add_model_arguments, add_output_arguments, check_data_options, data_spec_from_args, print_json,
+                     refuse_ignored)
 
 HELP = "remove decoder layers (named, or chosen by a criterion) and save the pruned checkpoint"
 
 
 def add_arguments(parser) -> None:
+    add_common_arguments(parser)
     add_model_arguments(parser)
     choice = parser.add_mutually_exclusive_group(required=True)
     choice.add_argument("--layers", help="layers to remove, 0-based, e.g. 20-27,3")
@@ -27,7 +28,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--scores", default=None, metavar="FILE", help="reuse a scores.json from depthprune score")
     add_data_arguments(parser, samples=32, seq_len=512, default=None)   # calibration data for --method
     parser.add_argument("--tokens", choices=["last", "all"], default="last", help="angular: tokens compared")
-    parser.add_argument("--keep-edges", action=argparse.BooleanOptionalAction, default=None,
+    parser.add_argument("--keep-edges", action=GivenBooleanOptional, default=None,
                         help="never remove the first 4 / last 2 layers (default: on for taylor, magnitude)")
     parser.add_argument("--batch-size", type=int, default=8, help="calibration samples per forward")
     parser.add_argument("--allow-final-layer", action="store_true", help="permit removing the last layer")
@@ -44,9 +45,32 @@ def needs(args) -> list[tuple[str, str]]:
     return prune_needs(args.model, args.method, args.data, args.scores)
 
 
+SCORING_OPTIONS = ("tokens", "keep_edges", "batch_size")
+
+
+def _check_options(args) -> None:
+    """Refuse data and scoring options that this combination would ignore (a typo'd --data path included)."""
+    if args.layers is not None:
+        refuse_ignored(args, ("data", *SCORING_OPTIONS, *DATA_OPTIONS[1:]),
+                       "with --layers (the layers are named, nothing is scored)")
+        return
+    if args.scores is not None:
+        check_data_options(args, False, "with --scores (the scores are reused)")
+        refuse_ignored(args, SCORING_OPTIONS, "with --scores (the scores are reused)")
+        return
+    if args.method == "last":
+        check_data_options(args, False, "with --method last (it reads no data)")
+        refuse_ignored(args, SCORING_OPTIONS, "with --method last (nothing is scored)")
+        return
+    check_data_options(args, args.method != "magnitude", f"with --method {args.method} (it reads no data)")
+    if args.method != "angular":
+        refuse_ignored(args, ("tokens",), f"with --method {args.method} (it is angular's option)")
+
+
 def run(args) -> int:
     from ..prune import prune
 
+    _check_options(args)
     data = data_spec_from_args(args) if args.data is not None else None
     plan = prune(args.model, layers=args.layers, output=args.output, force=args.force, dry_run=args.dry_run,
                  allow_final_layer=args.allow_final_layer, allow_first_layer=args.allow_first_layer,

@@ -11,8 +11,10 @@ HELP = "evaluate quality against layers removed, one curve per criterion"
 
 
 def add_arguments(parser) -> None:
-    from .common import add_data_arguments, add_model_arguments, add_output_arguments
+    from .common import (add_common_arguments, add_data_arguments, add_model_arguments, add_output_arguments,
+                         non_negative_int, positive_int)
 
+    add_common_arguments(parser)
     add_model_arguments(parser)
     parser.add_argument("--methods", default="angular,bi,last,ppl",
                         help="comma-separated: angular, bi, ppl, taylor, magnitude, sleb, last")
@@ -20,9 +22,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--eval", default="wikitext2", help="perplexity sources and/or tasks, e.g. wikitext2,piqa")
     parser.add_argument("--eval-seq-len", type=int, default=256, help="perplexity window length")
     parser.add_argument("--data-dir", default=None, help="offline evaluation data, e.g. ../shared/data")
-    parser.add_argument("--max-windows", type=int, default=None, help="only the first N perplexity windows")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N items of each task")
-    parser.add_argument("--heal-steps", type=int, default=0, help="heal each pruned point for this many steps")
+    parser.add_argument("--max-windows", type=positive_int, default=None, help="only the first N perplexity windows")
+    parser.add_argument("--limit", type=positive_int, default=None, help="only the first N items of each task")
+    parser.add_argument("--heal-steps", type=non_negative_int, default=0,
+                        help="heal each pruned point for this many steps")
     parser.add_argument("--heal-method", default="lora", help="lora, full or distill")
     parser.add_argument("--heal-data", default=None, help="healing data SPEC (default: --data)")
     parser.add_argument("--scores", default=None, metavar="FILE", help="reuse a scores.json from depthprune score")
@@ -44,9 +47,20 @@ def needs(args) -> list[tuple[str, str]]:
 
 def run(args) -> int:
     from ..sweep import sweep
+    from .common import check_data_options, data_spec_from_args, refuse_ignored
 
-    result = sweep(args.model, methods=args.methods, n=args.n, eval=args.eval, data=args.data, samples=args.samples,
-                   seq_len=args.seq_len, seed=args.seed, eval_seq_len=args.eval_seq_len, data_dir=args.data_dir,
+    if not args.heal_steps:
+        refuse_ignored(args, ("heal_method", "heal_data"), "without --heal-steps", fix="add --heal-steps K or drop")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    # With --scores the data options still describe the calibration the scores came from (a recipe passes the
+    # score step's scores and the sweep step repeats its data), so only a sweep that never scores refuses them.
+    scored = any(m != "last" for m in methods)
+    check_data_options(args, scored or bool(args.heal_steps and args.heal_data is None),
+                       "with --methods last (nothing is scored) and healing off or reading --heal-data")
+    spec = data_spec_from_args(args)
+    result = sweep(args.model, methods=args.methods, n=args.n, eval=args.eval, data=spec.source,
+                   samples=spec.samples, seq_len=spec.seq_len, seed=spec.seed, text_field=spec.text_field,
+                   chat_template=spec.chat_template, eval_seq_len=args.eval_seq_len, data_dir=args.data_dir,
                    max_windows=args.max_windows, limit=args.limit, heal_steps=args.heal_steps,
                    heal_method=args.heal_method, heal_data=args.heal_data, scores=args.scores, output=args.output,
                    force=args.force, plots=not args.no_plots, dtype=args.dtype, device=args.device,

@@ -153,6 +153,9 @@ def evaluate(model, ppl=None, seq_len=2048, tasks=None, num_fewshot: int | None 
                 "dtype": str(next(loaded.model.parameters()).dtype).replace("torch.", "")}   # what auto resolved to
 
     if ppl_names:
+        from ..adapter import check_context_length
+
+        check_context_length(loaded.model, max(lengths))   # before the first window, not after the shorter lengths
         tokenizer = require_tokenizer(loaded)
         results["perplexity"] = {}
         for name in ppl_names:
