@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import DepthpruneError
+from .metadata import METADATA_FILE
 
-METADATA_FILE = "depthprune.json"
 # Our checkpoints are written by transformers 5: older versions read rope_parameters wrongly without a word.
 TRANSFORMERS_REQUIREMENT = "transformers>=5.0"
 

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 from .errors import DepthpruneError
+from .metadata import SWEEP_FILE
 
 logger = logging.getLogger(__name__)
 
-SWEEP_FILE = "sweep.json"
 PLOT_FILE = "sweep.png"
 
 
