@@ -276,14 +276,17 @@ def resolve_rerun(recipe: Recipe, rerun) -> set[str]:
     return chosen
 
 
-def _previous_records(run_dir: Path) -> dict[str, dict]:
+def _previous_records(run_dir: Path) -> tuple[dict[str, dict], Path]:
+    """The step records of an earlier run in ``run_dir`` and the run folder path their command lines use."""
     import json
 
     path = run_dir / RUN_FILE
     if not path.is_file():
-        return {}
+        return {}, run_dir
     try:
-        return {record["step"]: record for record in json.loads(path.read_text()).get("steps", [])}
+        content = json.loads(path.read_text())
+        return ({record["step"]: record for record in content.get("steps", [])},
+                Path(content.get("run_dir", run_dir)))
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
         raise DepthpruneError(f"{path} is not a run record written by depthprune run; move it away, or delete the "
                               "step folders it describes and run again") from None
@@ -318,7 +321,7 @@ def run_recipe(recipe: Recipe | str | Path, output: str | Path | None = None, fo
     if not str(run_dir) or str(run_dir) == ".":
         raise DepthpruneError("no run folder: give 'output:' in the recipe or --output")
     rerun_steps = resolve_rerun(recipe, rerun)
-    previous = _previous_records(run_dir)
+    previous, recorded_run_dir = _previous_records(run_dir)
 
     # Plan every step before running any: a refused step must not leave the run half re-made.
     model, model_step, scores_step = recipe.model, None, None
@@ -355,9 +358,10 @@ def run_recipe(recipe: Recipe | str | Path, output: str | Path | None = None, fo
         elif record is None or "argv" not in record:
             refusals.append(f"step {name}: {run_dir / name} exists but {RUN_FILE} does not say which options made "
                             f"it; delete that folder or pass --rerun {name}")
-        elif _portable(record["argv"][2:], run_dir) != _portable(item.argv, run_dir):
-            refusals.append(f"step {name} was made with other options ({_option_changes(record['argv'][2:], item.argv)});"
-                            f" delete {run_dir / name} or pass --rerun {name}")
+        elif _portable(record["argv"][2:], recorded_run_dir) != _portable(item.argv, run_dir):
+            changes = _option_changes(record["argv"][2:], item.argv)
+            refusals.append(f"step {name} was made with other options ({changes}); delete {run_dir / name} or pass "
+                            f"--rerun {name}")
         elif [i for i in item.inputs if i in remade]:
             item.reason = f"its input {', '.join(i for i in item.inputs if i in remade)} is re-made"
         elif "inputs" in record and record["inputs"] != {i: previous.get(i, {}).get("produced") for i in item.inputs}:
@@ -378,6 +382,8 @@ def run_recipe(recipe: Recipe | str | Path, output: str | Path | None = None, fo
         name = item.step.folder_name
         if item.action == "skip":
             status = "skipped (output exists)"
+            # the same command up to where the run folder lies: record the paths it has now
+            records[name] = {**records[name], "argv": ["depthprune", item.step.verb, *item.argv]}
         elif dry_run:
             status = f"planned ({item.reason})"
         else:
@@ -397,8 +403,8 @@ def run_recipe(recipe: Recipe | str | Path, output: str | Path | None = None, fo
         records.setdefault(name, {"step": name, "argv": ["depthprune", item.step.verb, *item.argv]})
         records[name]["status"] = status
         if not dry_run:   # after every step: the report reads the commands, the next run what made each folder
-            write_json_atomic(run_dir / RUN_FILE, {"recipe": recipe.source, "model": model,
-                                                   "steps": [records[p.step.folder_name] for p in planned
-                                                             if p.step.folder_name in records]})
+            write_json_atomic(run_dir / RUN_FILE, {
+                "recipe": recipe.source, "model": model, "run_dir": str(run_dir),
+                "steps": [records[p.step.folder_name] for p in planned if p.step.folder_name in records]})
     return {"run_dir": str(run_dir), "model": model,
             "steps": [records[p.step.folder_name] for p in planned]}

@@ -147,7 +147,8 @@ def _healing_tables(step: StepArtifacts) -> list[Table]:
                 ["data", ", ".join(f"{k}={_fmt(v)}" for k, v in record.data.items() if v is not None)],
                 ["optimizer steps", _fmt(record.steps)],
                 ["tokens seen", f"{record.tokens_seen:,}" if isinstance(record.tokens_seen, int) else "?"],
-                ["held-out loss before -> after", f"{_fmt(record.initial_eval_loss)} -> {_fmt(record.final_eval_loss)}"],
+                ["held-out loss before -> after",
+                 f"{_fmt(record.initial_eval_loss)} -> {_fmt(record.final_eval_loss)}"],
                 ["final training loss", _fmt(record.final_train_loss)]]
         if record.teacher:
             rows.append(["teacher", record.teacher])
@@ -384,10 +385,11 @@ def summary_table(steps: list[StepArtifacts]) -> Table | None:
         record = schema.ModelRecord.from_metadata(meta)
         methods = record.parent_methods + [str(record.method)]
         removed = len(record.removed_layers)
+        ideal = f"ideal {_fmt(record.num_layers_original / record.num_layers)}× (layers)" \
+            if record.num_layers and record.num_layers_original else ""
         rows.append(["cut", f"{removed} of {record.num_layers_original} layers "
                             f"({_layers(record.removed_layers) or 'none'}) by {' then '.join(methods)}; "
-                            f"{record.num_layers} left", f"ideal {_fmt(record.num_layers_original / record.num_layers)}× "
-                            "(layers)" if record.num_layers else ""])
+                            f"{record.num_layers} left", ideal])
         collapse = schema.collapse_of(meta)
         if collapse is not None:
             rows.append(["LaCo", f"{len(collapse.merges)} merges accepted at T={_fmt(collapse.threshold)} "

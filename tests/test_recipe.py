@@ -141,3 +141,15 @@ def test_rerun_names_a_step_or_fails_listing_them(checkpoint, tmp_path, capsys):
     assert main(["run", str(path), "--rerun", "prune"]) == 2      # two prune steps: ambiguous
     err = capsys.readouterr().err
     assert "names no single step; give one of 01-prune, 02-prune" in err and not (tmp_path / "run").exists()
+
+
+def test_a_moved_run_folder_still_skips_its_finished_steps(checkpoint, tmp_path):
+    recipe = {"model": str(checkpoint), "steps": [{"prune": {"layers": "1"}}, {"prune": {"layers": "0"}}]}
+    path = write(tmp_path, recipe)
+    run_recipe(path, output=tmp_path / "first")
+    (tmp_path / "first").rename(tmp_path / "moved")
+    for _ in range(2):     # and again, from the record the moved run wrote
+        result = run_recipe(path, output=tmp_path / "moved")
+        assert [s["status"] for s in result["steps"]] == ["skipped (output exists)"] * 2
+    assert str(tmp_path / "moved" / "01-prune") in json.loads((tmp_path / "moved" / "run.json").read_text()
+                                                                )["steps"][1]["argv"]
