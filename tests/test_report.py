@@ -93,6 +93,12 @@ def test_report_opens_with_a_summary_of_cut_quality_and_speed(run_dir, page):
     assert _cells(text, "cut")[0].startswith(f"{removed} of 6 layers") and f"{final_layers} left" in text
     assert "by bi then laco" in _cells(text, "cut")[0]
     assert _cells(text, "cut")[1] == f"ideal {6 / final_layers:.4g}× (layers)"
+    # results.json names what it evaluated: the dense checkpoint, then the healed cut model
+    assert _read(run_dir / "02-eval" / "results.json")["evaluated"]["dense"] is True
+    evaluated = _read(run_dir / "06-eval" / "results.json")["evaluated"]
+    assert evaluated["dense"] is False and evaluated["num_layers"] == final_layers
+    assert evaluated["removed_layers"] == _read(run_dir / "05-heal" / "depthprune.json")["removed_layers"]
+    assert "<th>02-eval (dense)</th>" in text and f"<th>06-eval ({final_layers} layers)</th>" in text
     # quality against the dense model, from the two evaluations' own files
     dense = _read(run_dir / "02-eval" / "results.json")["perplexity"]["builtin"]["ppl"]
     final = _read(run_dir / "06-eval" / "results.json")["perplexity"]["builtin"]["ppl"]
