@@ -41,6 +41,7 @@ from .data import DataSpec, calibration_blocks
 from .errors import DepthpruneError
 from .loading import LoadedModel, load_model
 from .plan import PrunePlan, format_layer_list
+from .metadata import COLLAPSE_KEY
 from .saving import check_output_dir, read_metadata
 
 logger = logging.getLogger(__name__)
@@ -641,6 +642,6 @@ def collapse(model: str | LoadedModel, data: str | DataSpec = "builtin", output:
     }
     extra_files = {PLOT_FILE: png} if png is not None else None
     saved = dataclasses.replace(loaded, model=collapsed)
-    outcome.output = save_pruned(saved, plan, output, force=force, extra_metadata={"collapse": collapse_metadata},
+    outcome.output = save_pruned(saved, plan, output, force=force, extra_metadata={COLLAPSE_KEY: collapse_metadata},
                                  extra_files=extra_files)
     return outcome

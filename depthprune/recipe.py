@@ -15,8 +15,11 @@ Example::
       - eval: {ppl: wikitext2, seq_len: 256}
       - report: {}
 
-Each step writes ``RUN/NN-verb`` (atomically); a step whose folder exists is skipped, so re-running after a crash
-resumes where it stopped. The model flows through the steps: ``prune``, ``collapse`` and ``heal`` produce the model
+Each step writes ``RUN/NN-verb`` (atomically) and ``RUN/run.json`` records the command line that made it and the
+step folders it read. A step whose folder exists and was made by the same command line from the same inputs is
+skipped, so re-running after a crash resumes where it stopped and re-running a finished recipe does nothing; a
+folder made by other options is refused (delete it or ``--rerun`` it), and a re-made step re-makes the steps that
+read it. The model flows through the steps: ``prune``, ``collapse`` and ``heal`` produce the model
 the later steps use; ``prune --method`` and ``sweep`` reuse the latest ``score`` step's ``scores.json``.
 """
 
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DepthpruneError
+from .metadata import RUN_FILE, SCORES_FILE
 from .saving import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -210,92 +214,215 @@ def validate_recipe(recipe: Recipe) -> None:
         raise DepthpruneError(f"recipe: defaults {sorted(unused)} are accepted by no step; remove them")
 
 
-def _step_is_finished(step: RecipeStep, step_dir: Path, force: bool) -> bool:
-    """A step is finished when its folder exists (outputs appear whole), except an unfinished, resumable sweep."""
-    from .sweep import is_unfinished_sweep
+@dataclass
+class _PlannedStep:
+    step: RecipeStep
+    module: object
+    args: argparse.Namespace
+    argv: list[str]
+    target: Path                 # what the step writes: its folder (the report: its report.html)
+    inputs: list[str]            # step folders whose outputs this step reads
+    action: str = "run"          # run | skip
+    reason: str = ""
 
-    return step_dir.exists() and not force and step.verb != "report" and not is_unfinished_sweep(step_dir)
+
+def _portable(argv: list[str], run_dir: Path) -> list[str]:
+    """``argv`` with the run folder written as ``{run}``, so a moved run folder still matches its record."""
+    root = str(run_dir)
+    return ["{run}" + arg[len(root):] if arg == root or arg.startswith(root + "/") else arg for arg in argv]
 
 
-def check_recipe_needs(recipe: Recipe, run_dir: Path, force: bool = False) -> None:
-    """Check the optional packages of every step still to run, before step 1 starts, in one error."""
+def _argv_options(argv: list[str]) -> dict[str, str]:
+    """``["M", "--layers", "1", "--force"]`` -> ``{"model": "M", "--layers": "1", "--force": "(set)"}``."""
+    options, index, positional = {}, 0, 0
+    while index < len(argv):
+        token = argv[index]
+        if token.startswith("--"):
+            has_value = index + 1 < len(argv) and not argv[index + 1].startswith("--")
+            options[token] = argv[index + 1] if has_value else "(set)"
+            index += 2 if has_value else 1
+        else:
+            options["model" if positional == 0 else f"argument {positional + 1}"] = token
+            positional += 1
+            index += 1
+    return options
+
+
+def _option_changes(recorded: list[str], wanted: list[str]) -> str:
+    before, after = _argv_options(recorded), _argv_options(wanted)
+    changes = []
+    for key in list(before) + [k for k in after if k not in before]:
+        if before.get(key) != after.get(key):
+            changes.append(f"{key} {before.get(key, '(not given)')} -> {after.get(key, '(not given)')}")
+    return ", ".join(changes) or "the command line differs"
+
+
+def resolve_rerun(recipe: Recipe, rerun) -> set[str]:
+    """Step folder names for ``--rerun`` values: a folder name (``02-prune``), a step number or a verb used once."""
+    names = {step.folder_name for step in recipe.steps}
+    chosen = set()
+    for value in rerun or []:
+        value = str(value)
+        by_verb = [s.folder_name for s in recipe.steps if s.verb == value]
+        if value in names:
+            chosen.add(value)
+        elif value.isdigit() and 1 <= int(value) <= len(recipe.steps):
+            chosen.add(recipe.steps[int(value) - 1].folder_name)
+        elif len(by_verb) == 1:
+            chosen.add(by_verb[0])
+        else:
+            raise DepthpruneError(f"--rerun {value!r} names no single step; give one of {', '.join(sorted(names))}"
+                                  f"{_closest(value, names)}")
+    return chosen
+
+
+def _previous_records(run_dir: Path) -> tuple[dict[str, dict], Path]:
+    """The step records of an earlier run in ``run_dir`` and the run folder path their command lines use."""
+    import json
+
+    path = run_dir / RUN_FILE
+    if not path.is_file():
+        return {}, run_dir
+    try:
+        content = json.loads(path.read_text())
+        return ({record["step"]: record for record in content.get("steps", [])},
+                Path(content.get("run_dir", run_dir)))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        raise DepthpruneError(f"{path} is not a run record written by depthprune run; move it away, or delete the "
+                              "step folders it describes and run again") from None
+
+
+def check_recipe_needs(planned: list["_PlannedStep"]) -> None:
+    """Check the optional packages of every step that will run, before step 1 starts, in one error."""
     from .extras import require_all
 
-    model, needs, latest_scores = recipe.model, [], None
-    for step in recipe.steps:
-        step_dir = run_dir / step.folder_name
-        extra = _defaults_for(step, recipe.defaults)
-        wants_scores = step.verb == "sweep" or (step.verb == "prune" and "method" in step.options)
-        if wants_scores and latest_scores is not None:
-            extra.setdefault("scores", str(latest_scores))   # as the run will pass it: no calibration data read
-        if step.verb == "report":
-            extra["run_dirs"] = [str(run_dir)]
-        module, args, _ = parse_step(step, model, str(step_dir), extra)
-        step_needs = getattr(module, "needs", None)
-        if step_needs is not None and not _step_is_finished(step, step_dir, force):
-            needs += [(module_name, f"recipe step {step.index} ({step.verb}): {purpose}")
-                      for module_name, purpose in step_needs(args)]
-        if step.verb == "score":
-            latest_scores = step_dir / "scores.json"
-        if step.verb in MODEL_PRODUCING:
-            model = str(step_dir)
+    needs = []
+    for item in planned:
+        step_needs = getattr(item.module, "needs", None)
+        if step_needs is not None and item.action == "run":
+            needs += [(module_name, f"recipe step {item.step.index} ({item.step.verb}): {purpose}")
+                      for module_name, purpose in step_needs(item.args)]
     require_all(needs)
 
 
 def run_recipe(recipe: Recipe | str | Path, output: str | Path | None = None, force: bool = False,
-               dry_run: bool = False) -> dict:
-    """Run a recipe's steps in order inside one run folder, skipping steps whose output already exists.
+               dry_run: bool = False, rerun=None) -> dict:
+    """Run a recipe's steps in order inside one run folder, skipping steps that are already done as asked.
+
+    A step is skipped when its output exists, ``run.json`` records that it was made by the same command line, and
+    none of the step folders it reads was re-made since. An existing output made by other options is refused
+    (nothing runs), naming the step and the options that differ; the way out is to delete that step's folder or to
+    name it in ``rerun``. A step whose input is re-made this time is re-run too.
 
     Args:
         recipe: a :class:`Recipe` or the path of a YAML file.
         output: the run folder (overrides the recipe's ``output``).
         force: re-run every step, replacing earlier outputs.
         dry_run: print the commands, run nothing.
+        rerun: steps to re-run even if done (folder names such as ``02-prune``, step numbers, or verbs used once);
+            the steps that read their outputs are re-run with them.
 
     Returns:
-        ``{"run_dir": ..., "steps": [{"step", "status", "argv"}], "model": final model path}``.
+        ``{"run_dir": ..., "steps": [{"step", "status", "argv", "inputs", "produced"}], "model": final model path}``.
     """
+    import uuid
+    from datetime import datetime, timezone
+
+    from .sweep import is_unfinished_sweep
+
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     run_dir = Path(output or recipe.output or "")
     if not str(run_dir) or str(run_dir) == ".":
         raise DepthpruneError("no run folder: give 'output:' in the recipe or --output")
-    check_recipe_needs(recipe, run_dir, force)   # a missing package fails now, not after hours of earlier steps
+    rerun_steps = resolve_rerun(recipe, rerun)
+    previous, recorded_run_dir = _previous_records(run_dir)
+
+    # Plan every step before running any: a refused step must not leave the run half re-made.
+    model, model_step, scores_step = recipe.model, None, None
+    planned: list[_PlannedStep] = []
+    for step in recipe.steps:
+        step_dir = run_dir / step.folder_name
+        extra = _defaults_for(step, recipe.defaults)
+        inputs = [model_step] if model_step else []
+        wants_scores = step.verb == "sweep" or (step.verb == "prune" and "method" in step.options)
+        if wants_scores and scores_step is not None:
+            extra.setdefault("scores", str(run_dir / scores_step / SCORES_FILE))
+            inputs.append(scores_step)
+        if step.verb == "report":
+            extra["run_dirs"] = [str(run_dir)]
+            target = step_dir / "report.html"
+            inputs = [p.step.folder_name for p in planned]    # the report reads every earlier step
+        else:
+            target = step_dir
+        module, args, argv = parse_step(step, model, str(target), extra)
+        planned.append(_PlannedStep(step, module, args, argv, target, sorted(set(inputs))))
+        if step.verb == "score":
+            scores_step = step.folder_name
+        if step.verb in MODEL_PRODUCING:
+            model, model_step = str(step_dir), step.folder_name
+
+    refusals, remade = [], set()
+    for item in planned:
+        name = item.step.folder_name
+        record = previous.get(name)
+        if force or name in rerun_steps:
+            item.reason = "re-run as asked"
+        elif not item.target.exists():
+            item.reason = "not done yet"
+        elif record is None or "argv" not in record:
+            refusals.append(f"step {name}: {run_dir / name} exists but {RUN_FILE} does not say which options made "
+                            f"it; delete that folder or pass --rerun {name}")
+        elif _portable(record["argv"][2:], recorded_run_dir) != _portable(item.argv, run_dir):
+            changes = _option_changes(record["argv"][2:], item.argv)
+            refusals.append(f"step {name} was made with other options ({changes}); delete {run_dir / name} or pass "
+                            f"--rerun {name}")
+        elif [i for i in item.inputs if i in remade]:
+            item.reason = f"its input {', '.join(i for i in item.inputs if i in remade)} is re-made"
+        elif "inputs" in record and record["inputs"] != {i: previous.get(i, {}).get("produced") for i in item.inputs}:
+            item.reason = "its inputs were re-made since"
+        elif item.step.verb == "sweep" and is_unfinished_sweep(item.target):
+            item.reason = "an interrupted sweep: continues from its finished points"
+        else:
+            item.action, item.reason = "skip", "done"
+        if item.action == "run":
+            remade.add(name)
+    if refusals:
+        raise DepthpruneError("; ".join(refusals) + " (or --force to re-run every step)")
+    check_recipe_needs(planned)   # a missing package fails now, not after hours of earlier steps
+
     if not dry_run:
         run_dir.mkdir(parents=True, exist_ok=True)
         if recipe.source:
             (run_dir / "recipe.yaml").write_text(Path(recipe.source).read_text())
-    model = recipe.model
-    latest_scores = None
-    record = []
-    for step in recipe.steps:
-        step_dir = run_dir / step.folder_name
-        extra = _defaults_for(step, recipe.defaults)
-        wants_scores = step.verb == "sweep" or (step.verb == "prune" and "method" in step.options)
-        if wants_scores and latest_scores is not None:
-            extra.setdefault("scores", str(latest_scores))
-        if step.verb == "report":
-            extra["run_dirs"] = [str(run_dir)]
-            target = step_dir / "report.html"
+    records = dict(previous)
+    for item in planned:
+        name = item.step.folder_name
+        if item.action == "skip":
+            status = "skipped (output exists)"
+            # the same command up to where the run folder lies: record the paths it has now
+            records[name] = {**records[name], "argv": ["depthprune", item.step.verb, *item.argv]}
+        elif dry_run:
+            status = f"planned ({item.reason})"
         else:
-            target = step_dir
-        module, args, argv = parse_step(step, model, str(target), extra)
-        done = _step_is_finished(step, step_dir, force)
-        status = "skipped (output exists)" if done else ("planned" if dry_run else "done")
-        if not done and not dry_run:
-            if step.verb == "report":
-                step_dir.mkdir(exist_ok=True)
-            if force and hasattr(args, "force"):
-                args.force = True
-            print(f"[{step.folder_name}] depthprune {step.verb} {' '.join(argv)}")
-            result = module.run(args)
+            if item.step.verb == "report":
+                item.target.parent.mkdir(exist_ok=True)
+            if item.target.exists() and hasattr(item.args, "force"):
+                item.args.force = True      # replaced only once the new output is complete
+            print(f"[{name}] depthprune {item.step.verb} {' '.join(item.argv)}   ({item.reason})")
+            result = item.module.run(item.args)
             if result not in (None, 0):
-                raise DepthpruneError(f"recipe step {step.index} ({step.verb}) failed with status {result}")
-        record.append({"step": step.folder_name, "status": status, "argv": ["depthprune", step.verb, *argv]})
-        if step.verb == "score":
-            latest_scores = step_dir / "scores.json"
-        if step.verb in MODEL_PRODUCING:
-            model = str(step_dir)
-        if not dry_run:   # the report reads the commands from here (provenance of every number)
-            write_json_atomic(run_dir / "run.json", {"recipe": recipe.source, "steps": record, "model": model})
-    return {"run_dir": str(run_dir), "steps": record, "model": model}
+                raise DepthpruneError(f"recipe step {item.step.index} ({item.step.verb}) failed with status {result}")
+            status = "done"
+            records[name] = {"step": name, "verb": item.step.verb, "argv": ["depthprune", item.step.verb, *item.argv],
+                             "inputs": {i: records.get(i, {}).get("produced") for i in item.inputs},
+                             "produced": f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}"
+                                         f"/{uuid.uuid4().hex[:8]}"}
+        records.setdefault(name, {"step": name, "argv": ["depthprune", item.step.verb, *item.argv]})
+        records[name]["status"] = status
+        if not dry_run:   # after every step: the report reads the commands, the next run what made each folder
+            write_json_atomic(run_dir / RUN_FILE, {
+                "recipe": recipe.source, "model": model, "run_dir": str(run_dir),
+                "steps": [records[p.step.folder_name] for p in planned if p.step.folder_name in records]})
+    return {"run_dir": str(run_dir), "model": model,
+            "steps": [records[p.step.folder_name] for p in planned]}

@@ -1,8 +1,11 @@
 """One self-contained HTML page (images embedded) and a markdown twin for one or more run folders.
 
-The report reads what the steps left on disk — ``depthprune.json`` (plans, merges, healing), ``scores.json``,
-``results.json`` (evaluation), ``sweep.json`` and every PNG — and says for each table which file it came from and
-which command produced it (``run.json`` written by ``depthprune run``), so every number has its provenance.
+The report reads what the steps left on disk — ``depthprune.json`` (plan, LaCo merges, healing), ``scores.json``,
+``results.json`` (evaluation and speed), ``sweep.json`` and every PNG — through the one schema in
+:mod:`depthprune.metadata` (docs/metadata.md), and says for each table which file it came from and which command
+produced it (``run.json`` written by ``depthprune run``), so every number has its provenance. It opens with a
+one-screen summary (what was cut; quality and speed against the dense model next to the ideal) and shows each table
+once: a table a later folder repeats (the scores a prune or sweep copied) points back to its first appearance.
 """
 
 from __future__ import annotations
@@ -15,10 +18,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from . import metadata as schema
 from .errors import DepthpruneError
 
-# Files a step may leave, in the order the report shows them.
-KNOWN_JSON = ("depthprune.json", "scores.json", "results.json", "sweep.json")
+KNOWN_JSON = schema.KNOWN_FILES
 
 
 @dataclass
@@ -57,8 +60,8 @@ def collect_run(run_dir: str | Path) -> list[StepArtifacts]:
     if not run_dir.is_dir():
         raise DepthpruneError(f"run folder {run_dir} not found; give a folder written by depthprune")
     commands = {}
-    if (run_dir / "run.json").is_file():
-        for step in _load_json(run_dir / "run.json").get("steps", []):
+    if (run_dir / schema.RUN_FILE).is_file():
+        for step in _load_json(run_dir / schema.RUN_FILE).get("steps", []):
             commands[step["step"]] = step.get("argv")
     found = []
     own = _collect_folder(run_dir.name, run_dir, None)
@@ -102,26 +105,64 @@ class Table:
 
 
 def _plan_table(step: StepArtifacts) -> Table | None:
-    meta = step.json.get("depthprune.json")
+    meta = step.json.get(schema.METADATA_FILE)
     if not meta:
         return None
-    rows = []
-    for key in ("base_model", "method", "num_layers_original", "num_layers", "removed_layers", "kept_layers",
-                "merge_mode", "threshold", "tokens_seen", "final_train_loss", "final_eval_loss"):
-        if key in meta:
-            rows.append([key, _fmt(meta[key])])
-    for merge in meta.get("merges", []) or []:
-        if isinstance(merge, dict):
-            rows.append(["merge", ", ".join(f"{k}={_fmt(v)}" for k, v in merge.items())])
-    for key in ("heal", "recipe"):
-        if isinstance(meta.get(key), dict):
-            rows.append([key, ", ".join(f"{k}={_fmt(v)}" for k, v in meta[key].items()
-                                        if not isinstance(v, (dict, list)))])
-    return Table("Model and plan", ["field", "value"], rows, f"{step.name}/depthprune.json")
+    record = schema.ModelRecord.from_metadata(meta)
+    rows = [["base model", str(record.base_model)],
+            ["layers", f"{record.num_layers_original} -> {record.num_layers}"],
+            ["removed (original numbering)", _layers(record.removed_layers) or "none"],
+            ["kept", _layers(record.kept_layers)],
+            ["method", " then ".join(record.parent_methods + [str(record.method)])]]
+    settings = (meta.get("plan") or {}).get("settings") or {}
+    for key, value in settings.items():
+        if value is not None and not isinstance(value, (dict, list)):
+            rows.append([f"setting: {key}", _fmt(value)])
+    return Table("Model and plan", ["field", "value"], rows, f"{step.name}/{schema.METADATA_FILE}")
+
+
+def _collapse_tables(step: StepArtifacts) -> list[Table]:
+    meta = step.json.get(schema.METADATA_FILE) or {}
+    record = schema.collapse_of(meta)
+    if record is None:
+        return []
+    source = f"{step.name}/{schema.METADATA_FILE}"
+    settings = ", ".join(f"{k}={_fmt(v)}" for k, v in record.settings.items() if v is not None)
+    rows = [[str(m.into), _layers(m.folded), _fmt(m.similarity), "accepted"] for m in record.merges]
+    rows += [[str(m.into), _layers(m.folded), _fmt(m.similarity), "rejected"] for m in record.rejected]
+    title = (f"LaCo merges — {record.merge_label}, T={_fmt(record.threshold)}"
+             f"{' (searched)' if record.threshold_searched else ''}; {len(record.merges)} accepted, "
+             f"{len(record.rejected)} rejected ({settings}; original numbering)")
+    return [Table(title, ["into", "folded", "similarity", "verdict"], rows, source)]
+
+
+def _healing_tables(step: StepArtifacts) -> list[Table]:
+    meta = step.json.get(schema.METADATA_FILE) or {}
+    source = f"{step.name}/{schema.METADATA_FILE}"
+    tables = []
+    for record in schema.healings_of(meta):
+        rows = [["method", record.method + (f" (ran as {record.method_run})" if record.method_run
+                                            and record.method_run != record.method else "")],
+                ["preset", str(record.preset or "none")],
+                ["data", ", ".join(f"{k}={_fmt(v)}" for k, v in record.data.items() if v is not None)],
+                ["optimizer steps", _fmt(record.steps)],
+                ["tokens seen", f"{record.tokens_seen:,}" if isinstance(record.tokens_seen, int) else "?"],
+                ["held-out loss before -> after",
+                 f"{_fmt(record.initial_eval_loss)} -> {_fmt(record.final_eval_loss)}"],
+                ["final training loss", _fmt(record.final_train_loss)]]
+        if record.teacher:
+            rows.append(["teacher", record.teacher])
+        tables.append(Table(f"Healing — {record.method}" + (f", preset {record.preset}" if record.preset else ""),
+                            ["field", "value"], rows, source))
+        if record.eval_losses or record.train_losses:
+            curve = [[str(int(s)), _fmt(float(v))] for s, v in record.eval_losses]
+            tables.append(Table("Healing loss curve (held-out loss by step; every step in depthprune.json)",
+                                ["step", "held-out loss"], curve or [["-", "-"]], source))
+    return tables
 
 
 def _scores_tables(step: StepArtifacts, top: int = 8) -> list[Table]:
-    scores = step.json.get("scores.json")
+    scores = step.json.get(schema.SCORES_FILE)
     if not scores:
         return []
     tables = []
@@ -136,7 +177,7 @@ def _scores_tables(step: StepArtifacts, top: int = 8) -> list[Table]:
             ranked = sorted((i for i, v in enumerate(values) if v is not None), key=lambda i: values[i])
             rows.append([name] + [str(i) for i in ranked[:top]])
         tables.append(Table("Least important layers by each criterion (lowest score first)", header, rows,
-                            f"{step.name}/scores.json"))
+                            f"{step.name}/{schema.SCORES_FILE}"))
     angular = scores.get("angular")
     if isinstance(angular, dict) and angular:
         rows = []
@@ -145,8 +186,7 @@ def _scores_tables(step: StepArtifacts, top: int = 8) -> list[Table]:
                 best = min(range(len(distances)), key=lambda i: distances[i])
                 rows.append([n, f"{best}-{best + int(n) - 1}", _fmt(distances[best])])
         tables.append(Table("Best contiguous block per size n (angular distance; n <= 16, all n in scores.json)",
-                            ["n", "layers", "d"], rows,
-                            f"{step.name}/scores.json"))
+                            ["n", "layers", "d"], rows, f"{step.name}/{schema.SCORES_FILE}"))
     return tables
 
 
@@ -162,49 +202,83 @@ def _flatten(prefix: str, value, out: list) -> None:
 
 
 def _results_label(step: StepArtifacts) -> str:
-    results = step.json["results.json"]
+    results = step.json[schema.RESULTS_FILE]
+    evaluated = results.get(schema.EVALUATED_KEY) or {}
+    if evaluated.get("dense"):
+        return f"{step.name} (dense)"
+    if evaluated.get("num_layers") is not None:
+        return f"{step.name} ({evaluated['num_layers']} layers)"
     model = Path(str(results.get("model") or "")).name
     if len(model) > 32:
         model = model[:30] + "…"
     return f"{step.name}" + (f" ({model})" if model else "")
 
 
+def _perplexities(results: dict) -> dict[str, float]:
+    """``{"wikitext2 (seq_len 256)": ppl}`` for one results.json (one or several window lengths)."""
+    values = {}
+    for name, entry in (results.get("perplexity") or {}).items():
+        if not isinstance(entry, dict):
+            continue
+        # one window length: {"ppl", "seq_len", ...}; several: {"128": {...}, "2048": {...}}
+        per_length = [entry] if "ppl" in entry else [v for v in entry.values() if isinstance(v, dict)]
+        for sub in per_length:
+            values[f"{name} (seq_len {sub.get('seq_len', '?')})"] = sub.get("ppl")
+    return values
+
+
+def _accuracies(results: dict) -> dict[str, float]:
+    values = {}
+    for task, entry in (results.get("tasks") or {}).items():
+        if isinstance(entry, dict):
+            for metric in ("acc", "acc_norm"):
+                if entry.get(metric) is not None:
+                    values[f"{task} {metric} (n={entry.get('n', '?')})"] = entry[metric]
+    return values
+
+
 def _evaluation_tables(steps: list[StepArtifacts]) -> list[Table]:
-    evals = [s for s in steps if "results.json" in s.json]
+    evals = [s for s in steps if schema.RESULTS_FILE in s.json]
     if not evals:
         return []
     tables = []
     labels = [_results_label(s) for s in evals]
-    sources = ", ".join(f"{s.name}/results.json" for s in evals)
-    ppl_rows: dict[str, list[str]] = {}
-    task_rows: dict[str, list[str]] = {}
-    for column, step in enumerate(evals):
-        results = step.json["results.json"]
-        for name, entry in (results.get("perplexity") or {}).items():
-            if not isinstance(entry, dict):
-                continue
-            # one window length: {"ppl", "seq_len", ...}; several: {"128": {...}, "2048": {...}}
-            per_length = [entry] if "ppl" in entry else [v for v in entry.values() if isinstance(v, dict)]
-            for sub in per_length:
-                key = f"{name} (seq_len {sub.get('seq_len', '?')})"
-                ppl_rows.setdefault(key, ["—"] * len(evals))[column] = _fmt(sub.get("ppl"))
-        for task, entry in (results.get("tasks") or {}).items():
-            if isinstance(entry, dict):
-                for metric in ("acc", "acc_norm"):
-                    if metric in entry and entry[metric] is not None:
-                        key = f"{task} {metric} (n={entry.get('n', '?')})"
-                        task_rows.setdefault(key, ["—"] * len(evals))[column] = _fmt(entry[metric])
-    if ppl_rows:
-        tables.append(Table("Perplexity (token-level, lower is better)", ["dataset"] + labels,
-                            [[k] + v for k, v in ppl_rows.items()], sources))
-    if task_rows:
-        tables.append(Table("Zero-shot accuracy (lm-evaluation-harness scoring)", ["task"] + labels,
-                            [[k] + v for k, v in task_rows.items()], sources))
+    sources = ", ".join(f"{s.name}/{schema.RESULTS_FILE}" for s in evals)
+    for title, extract in (("Perplexity (token-level, lower is better)", _perplexities),
+                           ("Zero-shot accuracy (lm-evaluation-harness scoring)", _accuracies)):
+        rows: dict[str, list[str]] = {}
+        for column, step in enumerate(evals):
+            for key, value in extract(step.json[schema.RESULTS_FILE]).items():
+                rows.setdefault(key, ["—"] * len(evals))[column] = _fmt(value)
+        if rows:
+            tables.append(Table(title, ["dataset" if "Perplexity" in title else "task"] + labels,
+                                [[k] + v for k, v in rows.items()], sources))
     for step in evals:
-        speed = step.json["results.json"].get("speed")
+        speed = step.json[schema.RESULTS_FILE].get("speed")
         if speed:
-            tables += _speed_tables(speed, _results_label(step), f"{step.name}/results.json")
+            tables += _speed_tables(speed, _results_label(step), f"{step.name}/{schema.RESULTS_FILE}")
     return tables
+
+
+def _with_spread(entry: dict, key: str) -> str:
+    """``median (min-max)`` when the file has the spread (written since the speed check interleaves runs)."""
+    text = _fmt(entry.get(key))
+    if f"{key}_min" in entry and f"{key}_max" in entry:
+        text += f" ({_fmt(entry[f'{key}_min'])}–{_fmt(entry[f'{key}_max'])})"
+    return text
+
+
+def _speed_verdicts(speed: dict) -> dict:
+    """``{batch: {kind: verdict}}``: the file's own verdicts, or (older files) the same check run on its ratios."""
+    from .evaluate.speed import check_plausible, ideal_speedup
+
+    if speed.get("plausibility"):
+        return {str(b): kinds for b, kinds in speed["plausibility"].items()}
+    ideal = speed.get("ideal") or {}
+    if "weights_read" not in ideal:
+        return {}
+    return {str(b): {kind: check_plausible(r[kind], ideal_speedup(ideal, kind)) for kind in ("prefill", "decode")
+                     if kind in r} for b, r in (speed.get("ratios") or {}).items()}
 
 
 def _speed_tables(speed: dict, label: str, source: str) -> list[Table]:
@@ -214,21 +288,30 @@ def _speed_tables(speed: dict, label: str, source: str) -> list[Table]:
         rows: list = []   # an unknown layout: show every number rather than none
         _flatten("", speed, rows)
         return [Table(f"Speed and size — {label}", ["measure", "value"], rows, source)]
+    verdicts = _speed_verdicts(speed)
     header = ["batch", "prefill tok/s", "decode tok/s"]
     if base:
-        header += ["base prefill tok/s", "base decode tok/s", "prefill ×", "decode ×"]
+        header += ["base prefill tok/s", "base decode tok/s", "prefill × (ideal)", "decode × (ideal)"]
     rows = []
     for batch, entry in model["batches"].items():
-        row = [str(batch), _fmt(entry.get("prefill_tokens_per_s")), _fmt(entry.get("decode_tokens_per_s"))]
+        row = [str(batch), _with_spread(entry, "prefill_tokens_per_s"), _with_spread(entry, "decode_tokens_per_s")]
         if base:
             base_entry = base.get("batches", {}).get(batch, {})
             ratio = speed.get("ratios", {}).get(str(batch), {})
-            row += [_fmt(base_entry.get("prefill_tokens_per_s")), _fmt(base_entry.get("decode_tokens_per_s")),
-                    _fmt(ratio.get("prefill")), _fmt(ratio.get("decode"))]
+            row += [_with_spread(base_entry, "prefill_tokens_per_s"), _with_spread(base_entry, "decode_tokens_per_s")]
+            for kind in ("prefill", "decode"):
+                verdict = verdicts.get(str(batch), {}).get(kind, {})
+                cell = _with_spread(ratio, kind)
+                if "ideal" in verdict:
+                    cell += f" ({_fmt(verdict['ideal'])})"
+                if verdict and not verdict.get("plausible", True):
+                    cell += " ⚠ noise"
+                row.append(cell)
         rows.append(row)
     settings = speed.get("settings", {})
     title = (f"Speed — {label} ({settings.get('prompt_len', '?')}-token prompts, {settings.get('new_tokens', '?')} "
-             f"decode steps, {settings.get('statistic', '')} of {settings.get('repeats', '?')})")
+             f"decode steps, {settings.get('statistic', '')} (min–max) of {settings.get('repeats', '?')}"
+             f"{', ' + settings['order'] if settings.get('order') else ''})")
     tables = [Table(title, header, rows, source)]
     size_rows = []
     for key, name in (("num_layers", "layers"), ("parameters", "parameters"),
@@ -242,8 +325,22 @@ def _speed_tables(speed: dict, label: str, source: str) -> list[Table]:
     return tables
 
 
+def noise_warnings(steps: list[StepArtifacts]) -> list[str]:
+    """One line per implausible speed ratio in the run, with the advice to re-run on an idle machine."""
+    from .evaluate.speed import NOISE_ADVICE
+
+    lines = []
+    for step in steps:
+        speed = (step.json.get(schema.RESULTS_FILE) or {}).get("speed") or {}
+        for batch, kinds in _speed_verdicts(speed).items():
+            for kind, verdict in kinds.items():
+                if not verdict.get("plausible", True):
+                    lines.append(f"{step.name}, batch {batch} {kind}: {verdict['reason']}; {NOISE_ADVICE}")
+    return lines
+
+
 def _sweep_tables(step: StepArtifacts) -> list[Table]:
-    sweep = step.json.get("sweep.json")
+    sweep = step.json.get(schema.SWEEP_FILE)
     if not sweep:
         return []
     points = sweep.get("points") or []
@@ -253,7 +350,81 @@ def _sweep_tables(step: StepArtifacts) -> list[Table]:
     rows = [[str(p.get("method")), str(p.get("n")), _fmt(p.get("removed_layers", []))]
             + [_fmt(p.get(k)) for k in metric_keys] for p in points]
     return [Table("Sweep: quality against layers removed", ["method", "n", "removed"] + metric_keys, rows,
-                  f"{step.name}/sweep.json")]
+                  f"{step.name}/{schema.SWEEP_FILE}")]
+
+
+# ---------------------------------------------------------------------------------------------------- summary
+def _dense_and_final(steps: list[StepArtifacts]) -> tuple[StepArtifacts | None, StepArtifacts | None]:
+    """The evaluation of the dense model and the last evaluation of a cut model."""
+    dense, final = None, None
+    for step in steps:
+        results = step.json.get(schema.RESULTS_FILE)
+        if not results:
+            continue
+        evaluated = results.get(schema.EVALUATED_KEY)
+        if evaluated is None:   # written before results.json named the model: a depthprune folder is a cut model
+            is_dense = not (Path(str(results.get("model", ""))) / schema.METADATA_FILE).is_file()
+        else:
+            is_dense = bool(evaluated.get("dense"))
+        if is_dense and dense is None:
+            dense = step
+        elif not is_dense:
+            final = step
+    return dense, final
+
+
+def summary_table(steps: list[StepArtifacts]) -> Table | None:
+    """What was cut, then quality and speed against the dense model next to the ideal: the report's first screen."""
+    models = [s for s in steps if s.json.get(schema.METADATA_FILE)]
+    dense, final = _dense_and_final(steps)
+    rows = []
+    sources = []
+    if models:
+        last = models[-1]
+        meta = last.json[schema.METADATA_FILE]
+        record = schema.ModelRecord.from_metadata(meta)
+        methods = record.parent_methods + [str(record.method)]
+        removed = len(record.removed_layers)
+        ideal = f"ideal {_fmt(record.num_layers_original / record.num_layers)}× (layers)" \
+            if record.num_layers and record.num_layers_original else ""
+        rows.append(["cut", f"{removed} of {record.num_layers_original} layers "
+                            f"({_layers(record.removed_layers) or 'none'}) by {' then '.join(methods)}; "
+                            f"{record.num_layers} left", ideal])
+        collapse = schema.collapse_of(meta)
+        if collapse is not None:
+            rows.append(["LaCo", f"{len(collapse.merges)} merges accepted at T={_fmt(collapse.threshold)} "
+                                 f"({collapse.merge_label})", ""])
+        for healing in schema.healings_of(meta):
+            tokens = f"{healing.tokens_seen:,}" if isinstance(healing.tokens_seen, int) else "?"
+            preset = f", preset {healing.preset}" if healing.preset else ""
+            rows.append(["healed", f"{healing.method}{preset}: {healing.steps} steps, {tokens} tokens",
+                         f"held-out loss {_fmt(healing.initial_eval_loss)} -> {_fmt(healing.final_eval_loss)}"])
+        sources.append(f"{last.name}/{schema.METADATA_FILE}")
+    if dense is not None and final is not None:
+        dense_results, final_results = dense.json[schema.RESULTS_FILE], final.json[schema.RESULTS_FILE]
+        for extract in (_perplexities, _accuracies):
+            before, after = extract(dense_results), extract(final_results)
+            for key in before:
+                if key in after and before[key] and after[key] is not None:
+                    rows.append([key, f"{_fmt(before[key])} dense -> {_fmt(after[key])}",
+                                 f"{_fmt(after[key] / before[key])}× the dense value"])
+        sources += [f"{dense.name}/{schema.RESULTS_FILE}", f"{final.name}/{schema.RESULTS_FILE}"]
+    speed_step = final if final is not None and (final.json[schema.RESULTS_FILE].get("speed") or {}).get("base") \
+        else None
+    if speed_step is not None:
+        speed = speed_step.json[schema.RESULTS_FILE]["speed"]
+        verdicts = _speed_verdicts(speed)
+        for batch, ratio in (speed.get("ratios") or {}).items():
+            for kind in ("decode", "prefill"):
+                verdict = verdicts.get(str(batch), {}).get(kind, {})
+                flag = "" if verdict.get("plausible", True) else " — ⚠ measurement noise, re-run on an idle machine"
+                rows.append([f"{kind} speed, batch {batch}", f"{_with_spread(ratio, kind)}× the dense model",
+                             f"ideal {_fmt(verdict.get('ideal'))}×{flag}"])
+        if speed_step is not final:
+            sources.append(f"{speed_step.name}/{schema.RESULTS_FILE}")
+    if not rows:
+        return None
+    return Table("Summary", ["", "measured", "against"], rows, ", ".join(dict.fromkeys(sources)))
 
 
 # ---------------------------------------------------------------------------------------------------- render
@@ -262,6 +433,8 @@ def _section_tables(step: StepArtifacts) -> list[Table]:
     plan = _plan_table(step)
     if plan:
         tables.append(plan)
+    tables += _collapse_tables(step)
+    tables += _healing_tables(step)
     tables += _scores_tables(step)
     tables += _sweep_tables(step)
     return tables
@@ -291,8 +464,36 @@ color:#1d2330;background:#fff}h1{border-bottom:3px solid #3b6fd4;padding-bottom:
 table{border-collapse:collapse;margin:.5em 0;font-size:14px}th,td{border:1px solid #d5dae3;padding:4px 10px;
 text-align:left}th{background:#eef2fa}tr:nth-child(even) td{background:#f8f9fc}img{max-width:100%;border:1px solid
 #e3e6ec;margin:.5em 0}figure{margin:1em 0}figcaption{font-size:13px;color:#555}.prov{font-size:12px;color:#666}
-code{background:#f3f4f7;padding:1px 4px;border-radius:3px}
+code{background:#f3f4f7;padding:1px 4px;border-radius:3px}.warn{background:#fff4e0;border-left:4px solid #e09b2d;
+padding:.4em .8em}.summary table{font-size:15px}
 """
+
+
+class _Page:
+    """The HTML and markdown being written side by side; each table's content is shown once."""
+
+    def __init__(self):
+        self.html: list[str] = []
+        self.md: list[str] = []
+        self.shown: dict[str, str] = {}      # table content -> where it was first shown
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+        self.md += [f"{'#' * level} {text}", ""]
+
+    def note(self, text: str, css: str = "prov") -> None:
+        self.html.append(f"<p class='{css}'>{html.escape(text)}</p>")
+        self.md += [("**Warning:** " if css == "warn" else "") + text, ""]
+
+    def table(self, table: Table, command: list[str] | None) -> None:
+        content = json.dumps([table.title, table.header, table.rows])
+        if content in self.shown:
+            short = table.title.split(" — ")[0].split(" (")[0]
+            self.note(f"{short}: the same as in {self.shown[content]}, shown above ({table.source})")
+            return
+        self.shown[content] = table.source
+        self.html.append(_html_table(table, command))
+        self.md.append(_md_table(table, command))
 
 
 def build_report(run_dirs: list[str | Path], title: str | None = None) -> tuple[str, str, list[Path]]:
@@ -300,48 +501,54 @@ def build_report(run_dirs: list[str | Path], title: str | None = None) -> tuple[
     runs = [(Path(d), collect_run(d)) for d in run_dirs]
     title = title or "depthprune report — " + ", ".join(d.name for d, _ in runs)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    html_parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-                  f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
-                  f"<p class='prov'>generated {created} by depthprune</p>"]
-    md_parts = [f"# {title}", "", f"generated {created} by depthprune", ""]
+    page = _Page()
+    page.html.append(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                     f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+                     f"<p class='prov'>generated {created} by depthprune</p>")
+    page.md += [f"# {title}", "", f"generated {created} by depthprune", ""]
     images: list[Path] = []
     for run_dir, steps in runs:
-        html_parts.append(f"<h2>Run <code>{html.escape(str(run_dir))}</code></h2>")
-        md_parts += [f"## Run `{run_dir}`", ""]
+        page.heading(f"Run {run_dir}")
+        summary = summary_table(steps)
+        if summary is not None:
+            page.html.append("<div class='summary'>")
+            page.table(summary, None)
+            page.html.append("</div>")
+        for warning in noise_warnings(steps):
+            page.note(warning, "warn")
         recipe = run_dir / "recipe.yaml"
         if recipe.is_file():
-            html_parts.append(f"<details><summary>recipe.yaml</summary><pre>{html.escape(recipe.read_text())}"
-                              "</pre></details>")
-            md_parts += ["<details><summary>recipe.yaml</summary>", "", "```yaml", recipe.read_text(), "```",
-                         "</details>", ""]
+            page.html.append(f"<details><summary>recipe.yaml</summary><pre>{html.escape(recipe.read_text())}"
+                             "</pre></details>")
+            page.md += ["<details><summary>recipe.yaml</summary>", "", "```yaml", recipe.read_text(), "```",
+                        "</details>", ""]
         evaluation = _evaluation_tables(steps)
         if evaluation:
-            html_parts.append("<h2>Evaluation against the dense model</h2>")
-            md_parts += ["## Evaluation against the dense model", ""]
+            page.heading("Evaluation against the dense model")
             for table in evaluation:
-                html_parts.append(_html_table(table, None))
-                md_parts.append(_md_table(table, None))
+                page.table(table, None)
         for step in steps:
-            html_parts.append(f"<h2>{html.escape(step.name)}</h2>")
-            md_parts += [f"## {step.name}", ""]
+            page.heading(step.name)
             if step.command:
-                html_parts.append(f"<p class='prov'>command: <code>{html.escape(' '.join(step.command))}</code></p>")
-                md_parts += [f"command: `{' '.join(step.command)}`", ""]
+                page.html.append(f"<p class='prov'>command: <code>{html.escape(' '.join(step.command))}</code></p>")
+                page.md += [f"command: `{' '.join(step.command)}`", ""]
+            if schema.RESULTS_FILE in step.json:
+                page.note(f"{step.name}/{schema.RESULTS_FILE}: in the summary and under "
+                          "'Evaluation against the dense model' above")
             for table in _section_tables(step):
-                html_parts.append(_html_table(table, step.command))
-                md_parts.append(_md_table(table, step.command))
+                page.table(table, step.command)
             for image in step.images:
                 encoded = base64.b64encode(image.read_bytes()).decode()
                 caption = f"{step.name}/{image.name}"
-                html_parts.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{encoded}'>"
-                                  f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+                page.html.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{encoded}'>"
+                                 f"<figcaption>{html.escape(caption)}</figcaption></figure>")
                 images.append(image)
-                md_parts += [f"![{caption}]({{IMG:{len(images) - 1}}})", ""]
+                page.md += [f"![{caption}]({{IMG:{len(images) - 1}}})", ""]
     # Lets a headless browser (and our test) confirm that every embedded image decoded.
-    html_parts.append("<script>addEventListener('load',()=>{const i=[...document.images];document.body.dataset"
-                      ".imagesTotal=i.length;document.body.dataset.imagesOk=i.filter(x=>x.complete&&x.naturalWidth>0)"
-                      ".length;});</script></body></html>")
-    return "".join(html_parts), "\n".join(md_parts), images
+    page.html.append("<script>addEventListener('load',()=>{const i=[...document.images];document.body.dataset"
+                     ".imagesTotal=i.length;document.body.dataset.imagesOk=i.filter(x=>x.complete&&x.naturalWidth>0)"
+                     ".length;});</script></body></html>")
+    return "".join(page.html), "\n".join(page.md), images
 
 
 def write_report(run_dirs: list[str | Path], output: str | Path, force: bool = False,

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import DepthpruneError
+from .metadata import METADATA_FILE
 
 logger = logging.getLogger(__name__)
-
-METADATA_FILE = "depthprune.json"
 # Our checkpoints are written by transformers 5: older versions read rope_parameters wrongly without a word.
 TRANSFORMERS_REQUIREMENT = "transformers>=5.0"
 # Written into every temporary output folder: the proof that depthprune made it, so a later run may remove it.

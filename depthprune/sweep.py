@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 from .errors import DepthpruneError
+from .metadata import SWEEP_FILE
 
 logger = logging.getLogger(__name__)
 
-SWEEP_FILE = "sweep.json"
 PLOT_FILE = "sweep.png"
 PROGRESS_FILE = "sweep.progress.json"   # present while a sweep is unfinished
 

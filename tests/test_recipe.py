@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from depthprune import DepthpruneError
+from depthprune.cli import main
 from depthprune.recipe import load_recipe, run_recipe, step_argv
 from tiny_models import tiny_model
 
@@ -75,3 +76,80 @@ def test_resume_after_a_crash_runs_only_the_missing_steps(checkpoint, tmp_path):
                              "steps": [{"prune": {"layers": "1"}}, {"prune": {"layers": "2"}}]})
     result = run_recipe(fixed)
     assert [s["status"] for s in result["steps"]] == ["skipped (output exists)", "done"]
+
+
+def test_a_step_made_by_other_options_is_refused_until_rerun(checkpoint, tmp_path, capsys):
+    run = tmp_path / "run"
+    steps = lambda layers: [{"prune": {"layers": layers}}, {"prune": {"layers": "0"}}]   # noqa: E731
+    run_recipe(write(tmp_path, {"model": str(checkpoint), "output": str(run), "steps": steps("1")}))
+    record_before = (run / "run.json").read_text()
+    edited = write(tmp_path, {"model": str(checkpoint), "output": str(run), "steps": steps("3")})
+    with pytest.raises(DepthpruneError, match=r"step 01-prune was made with other options \(--layers 1 -> 3\).*"
+                                              r"--rerun 01-prune") as refused:
+        run_recipe(edited)
+    assert "\n" not in str(refused.value)
+    # nothing ran, nothing was recorded: the folder and run.json still say layer 1
+    assert json.loads((run / "01-prune" / "depthprune.json").read_text())["removed_layers"] == [1]
+    assert (run / "run.json").read_text() == record_before
+    capsys.readouterr()
+    assert main(["run", str(edited)]) == 2
+    assert capsys.readouterr().err.startswith("depthprune: error: step 01-prune was made with other options")
+
+    result = run_recipe(edited, rerun=["01-prune"])
+    # the re-made step 1 makes step 2 (which prunes step 1's output) stale: both run
+    assert [s["status"] for s in result["steps"]] == ["done", "done"]
+    assert json.loads((run / "01-prune" / "depthprune.json").read_text())["removed_layers"] == [3]
+    assert json.loads((run / "02-prune" / "depthprune.json").read_text())["removed_layers"] == [0, 3]
+    record = json.loads((run / "run.json").read_text())["steps"]
+    assert record[0]["argv"][2:5] == [str(checkpoint), "--layers", "3"]
+    assert record[1]["inputs"] == {"01-prune": record[0]["produced"]}
+    again = run_recipe(edited)
+    assert [s["status"] for s in again["steps"]] == ["skipped (output exists)"] * 2
+
+
+def test_a_deleted_upstream_folder_remakes_the_steps_that_read_it(checkpoint, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    path = write(tmp_path, {"model": str(checkpoint), "output": str(run),
+                            "steps": [{"prune": {"layers": "1"}}, {"prune": {"layers": "0"}}]})
+    run_recipe(path)
+    shutil.rmtree(run / "01-prune")
+    result = run_recipe(path)
+    assert [s["status"] for s in result["steps"]] == ["done", "done"]
+
+
+def test_a_finished_recipe_with_a_report_skips_every_step(checkpoint, tmp_path, capsys):
+    run = tmp_path / "run"
+    path = write(tmp_path, {"model": str(checkpoint), "output": str(run),
+                            "steps": [{"prune": {"layers": "1"}}, {"report": {}}]})
+    assert main(["run", str(path)]) == 0
+    report = run / "02-report" / "report.html"
+    stamp = report.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("skipped (output exists)") == 2 and report.stat().st_mtime_ns == stamp
+    # re-making the prune step re-makes the report that read it
+    assert main(["run", str(path), "--rerun", "prune"]) == 0
+    assert report.stat().st_mtime_ns != stamp
+
+
+def test_rerun_names_a_step_or_fails_listing_them(checkpoint, tmp_path, capsys):
+    path = write(tmp_path, {"model": str(checkpoint), "output": str(tmp_path / "run"),
+                            "steps": [{"prune": {"layers": "1"}}, {"prune": {"layers": "0"}}]})
+    assert main(["run", str(path), "--rerun", "prune"]) == 2      # two prune steps: ambiguous
+    err = capsys.readouterr().err
+    assert "names no single step; give one of 01-prune, 02-prune" in err and not (tmp_path / "run").exists()
+
+
+def test_a_moved_run_folder_still_skips_its_finished_steps(checkpoint, tmp_path):
+    recipe = {"model": str(checkpoint), "steps": [{"prune": {"layers": "1"}}, {"prune": {"layers": "0"}}]}
+    path = write(tmp_path, recipe)
+    run_recipe(path, output=tmp_path / "first")
+    (tmp_path / "first").rename(tmp_path / "moved")
+    for _ in range(2):     # and again, from the record the moved run wrote
+        result = run_recipe(path, output=tmp_path / "moved")
+        assert [s["status"] for s in result["steps"]] == ["skipped (output exists)"] * 2
+    assert str(tmp_path / "moved" / "01-prune") in json.loads((tmp_path / "moved" / "run.json").read_text()
+                                                                )["steps"][1]["argv"]

@@ -1,7 +1,10 @@
-"""The HTML report and its markdown twin, and (when Debian's chromium is installed) a real headless render."""
+"""The HTML report and its markdown twin, on a run folder made by REAL score, eval, prune, collapse, heal, eval
+--compare and sweep steps on a tiny model (a recipe), and (when Debian's chromium is installed) a real headless
+render."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -11,71 +14,189 @@ import pytest
 
 from depthprune import DepthpruneError
 from depthprune.cli import main
+from depthprune.evaluate import speed as speed_module
+from depthprune.recipe import load_recipe, run_recipe
 from depthprune.report import write_report
+from tiny_models import tiny_model
+
+PPL = {"ppl": "builtin", "seq_len": 32, "ppl_max_windows": 4}
+HEAL = {"method": "lora", "data": "builtin", "max_steps": 4, "seq_len": 32, "batch_size": 2, "eval_every": 2,
+        "eval_samples": 2}
 
 
-def _png(path, title):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(4, 3))
-    axis.plot([0, 1, 2, 3], [3, 1, 2, 0.5])
-    axis.set_title(title)
-    figure.savefig(path)
-    plt.close(figure)
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny_tokenizer):
+    folder = tmp_path_factory.mktemp("ckpt") / "tiny"
+    tiny_model("llama", num_layers=6).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
 
 
-@pytest.fixture()
-def run_dir(tmp_path):
-    run = tmp_path / "run"
-    score, prune, evaluate, dense = (run / "01-score", run / "03-prune", run / "04-eval", run / "02-eval")
-    for folder in (score, prune, evaluate, dense):
-        folder.mkdir(parents=True)
-    (score / "scores.json").write_text(json.dumps({
-        "num_layers": 4, "bi": [0.5, 0.1, 0.3, 0.9], "angular": {"1": [0.3, 0.05, 0.2, 0.4], "2": [0.4, 0.2, 0.5]}}))
-    _png(score / "angular_heatmap.png", "heatmap")
-    (prune / "depthprune.json").write_text(json.dumps({
-        "base_model": "tiny", "method": "bi", "num_layers_original": 4, "num_layers": 3,
-        "removed_layers": [1], "kept_layers": [0, 2, 3]}))
-    (dense / "results.json").write_text(json.dumps({
-        "model": "tiny", "perplexity": {"wikitext2": {"ppl": 40.9, "seq_len": 256, "tokens": 1000},
-                                        "ptb": {"128": {"ppl": 77.5, "seq_len": 128}, "2048": {"ppl": 55.25,
-                                                                                             "seq_len": 2048}}},
-        "tasks": {"piqa": {"acc": 0.61, "acc_norm": 0.62, "n": 100}}}))
-    (evaluate / "results.json").write_text(json.dumps({
-        "model": "run/03-prune", "perplexity": {"wikitext2": {"ppl": 136.0, "seq_len": 256, "tokens": 1000}},
-        "tasks": {"piqa": {"acc": 0.55, "acc_norm": 0.57, "n": 100}},
-        "speed": {"model": {"num_layers": 3, "parameters": 3000, "batches": {"1": {"prefill_tokens_per_s": 500.0,
-                                                                                    "decode_tokens_per_s": 20.0}}},
-                  "base": {"num_layers": 4, "parameters": 4000, "batches": {"1": {"prefill_tokens_per_s": 400.0,
-                                                                                   "decode_tokens_per_s": 16.0}}},
-                  "ratios": {"1": {"prefill": 1.25, "decode": 1.25}}, "ideal": {"layers": 1.3333},
-                  "settings": {"prompt_len": 128, "new_tokens": 32, "statistic": "median", "repeats": 5}}}))
-    _png(evaluate / "loss_curve.png", "loss")
-    (run / "run.json").write_text(json.dumps({"steps": [
-        {"step": "03-prune", "argv": ["depthprune", "prune", "tiny", "--method", "bi", "--n", "1"]}]}))
+@pytest.fixture(scope="module")
+def run_dir(checkpoint, tmp_path_factory):
+    """score, dense eval, prune by BI, LaCo collapse, LoRA heal, eval against the dense model, sweep: all real."""
+    import torch
+
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("report") / "run"
+    run_recipe(load_recipe({"model": str(checkpoint), "output": str(run), "steps": [
+        {"score": {"data": "builtin", "samples": 4, "seq_len": 32, "metrics": "angular,bi"}},
+        {"eval": PPL},
+        {"prune": {"method": "bi", "n": 1}},
+        {"collapse": {"data": "builtin", "samples": 2, "seq_len": 32, "combine": 2, "threshold": 0.3}},
+        {"heal": HEAL},
+        {"eval": {**PPL, "compare": str(checkpoint), "speed_batch_sizes": "1", "speed_repeats": 2,
+                  "speed_prompt_len": 8, "speed_new_tokens": 2}},
+        {"sweep": {"model": str(checkpoint), "methods": "bi,last", "n": "0:1", "eval": "builtin",
+                   "eval_seq_len": 32, "max_windows": 2, "data": "builtin", "samples": 4, "seq_len": 32}},
+    ]}))
     return run
 
 
-def test_report_has_every_table_image_and_provenance(run_dir, tmp_path):
-    out = write_report([run_dir], tmp_path / "report.html")
-    page = out.read_text()
-    assert page.count("data:image/png;base64,") == 2
-    assert "136" in page and "40.9" in page                       # dense and pruned side by side
-    assert "wikitext2 (seq_len 256)" in page
-    assert "<tr><td>1</td><td>500.0</td><td>20</td><td>400.0</td><td>16</td><td>1.25</td><td>1.25</td></tr>" in page
-    assert "<td>ideal speed-up (layers)</td><td>1.333</td>" in page
-    assert "<td>ptb (seq_len 128)</td><td>77.5</td><td>—</td>" in page and "<td>55.25</td>" in page
-    assert "01-score/scores.json" in page and "depthprune prune tiny --method bi --n 1" in page
-    # least-important ranking by BI: 1 (0.1), 2 (0.3), 0 (0.5), 3 (0.9)
-    assert re.search(r"<td>bi</td><td>1</td><td>2</td><td>0</td><td>3</td>", page)
-    # best block of 2 layers by angular distance starts at layer 1 (0.2)
-    assert "<td>2</td><td>1-2</td><td>0.2</td>" in page
-    markdown = (tmp_path / "report.md").read_text()
+@pytest.fixture(scope="module")
+def page(run_dir, tmp_path_factory):
+    out = write_report([run_dir], tmp_path_factory.mktemp("out") / "report.html")
+    return out, out.read_text()
+
+
+def _read(path):
+    return json.loads(path.read_text())
+
+
+def _cells(page_text: str, first_cell: str) -> list[str]:
+    """The cells of the first table row whose first cell is ``first_cell``."""
+    match = re.search(r"<tr><td>" + re.escape(html.escape(first_cell)) + r"</td>(.*?)</tr>", page_text)
+    assert match, f"no row {first_cell!r}"
+    return [html.unescape(c) for c in re.findall(r"<td>(.*?)</td>", match.group(1))]
+
+
+def _numbers(cell: str) -> list[float]:
+    return [float(n.replace(",", "")) for n in re.findall(r"-?\d[\d,]*\.?\d*(?:e[-+]?\d+)?", cell)]
+
+
+def _close(cell: str, *expected: float) -> bool:
+    """The numbers a cell shows match ``expected`` to the 4 significant digits the report prints."""
+    found = _numbers(cell)
+    return len(found) >= len(expected) and all(f == pytest.approx(e, rel=2e-3) for f, e in zip(found, expected))
+
+
+def test_report_opens_with_a_summary_of_cut_quality_and_speed(run_dir, page):
+    from transformers import AutoConfig
+
+    _, text = page
+    body = text[text.index("<body>"):]
+    assert body.index("<h3>Summary</h3>") < body.index("<h3>", body.index("<h3>Summary</h3>") + 1)
+    assert body.index("<h3>Summary</h3>") < body.index("Evaluation against the dense model")
+    # what was cut: the final model as transformers itself reads it
+    final_layers = AutoConfig.from_pretrained(run_dir / "05-heal").num_hidden_layers
+    removed = 6 - final_layers
+    assert _cells(text, "cut")[0].startswith(f"{removed} of 6 layers") and f"{final_layers} left" in text
+    assert "by bi then laco" in _cells(text, "cut")[0]
+    assert _cells(text, "cut")[1] == f"ideal {6 / final_layers:.4g}× (layers)"
+    # results.json names what it evaluated: the dense checkpoint, then the healed cut model
+    assert _read(run_dir / "02-eval" / "results.json")["evaluated"]["dense"] is True
+    evaluated = _read(run_dir / "06-eval" / "results.json")["evaluated"]
+    assert evaluated["dense"] is False and evaluated["num_layers"] == final_layers
+    assert evaluated["removed_layers"] == _read(run_dir / "05-heal" / "depthprune.json")["removed_layers"]
+    assert "<th>02-eval (dense)</th>" in text and f"<th>06-eval ({final_layers} layers)</th>" in text
+    # quality against the dense model, from the two evaluations' own files
+    dense = _read(run_dir / "02-eval" / "results.json")["perplexity"]["builtin"]["ppl"]
+    final = _read(run_dir / "06-eval" / "results.json")["perplexity"]["builtin"]["ppl"]
+    measured, against = _cells(text, "builtin (seq_len 32)")
+    assert _close(measured, dense, final) and _close(against, final / dense) and "dense" in measured
+    # speed against the dense model next to the ideal, flagged exactly when the measurement is implausible
+    speed = _read(run_dir / "06-eval" / "results.json")["speed"]
+    for kind in ("decode", "prefill"):
+        measured, against = _cells(text, f"{kind} speed, batch 1")
+        ratio = speed["ratios"]["1"]
+        assert _close(measured, ratio[kind], ratio[f"{kind}_min"], ratio[f"{kind}_max"])
+        verdict = speed["plausibility"]["1"][kind]
+        assert against.startswith("ideal") and _close(against, verdict["ideal"])
+        assert ("measurement noise" in against) == (not verdict["plausible"])
+
+
+def test_report_shows_every_laco_merge_and_the_healing(run_dir, page):
+    _, text = page
+    collapse = _read(run_dir / "04-collapse" / "depthprune.json")["collapse"]
+    assert collapse["merges"], "the fixture's threshold should accept at least one merge"
+    for merge, verdict in [(m, "accepted") for m in collapse["merges"]] + [(m, "rejected") for m in
+                                                                             collapse["rejected"]]:
+        rows = re.findall(rf"<tr><td>{merge['into']}</td><td>{','.join(map(str, merge['from']))}</td>"
+                          rf"<td>([^<]*)</td><td>{verdict}</td></tr>", text)
+        assert len(rows) == 1 and _close(rows[0], merge["similarity"])
+    healing = _read(run_dir / "05-heal" / "depthprune.json")["healing"]
+    # tokens seen, worked by hand: 4 optimizer steps x batch 2 x 32 tokens
+    assert _cells(text, "tokens seen") == [f"{4 * 2 * 32:,}"]
+    assert _cells(text, "preset") == [healing["preset"]] and _cells(text, "optimizer steps") == ["4"]
+    assert _close(_cells(text, "held-out loss before -> after")[0], healing["eval_losses"][0][1],
+                  healing["eval_losses"][-1][1])
+    assert [int(step) for step, _ in healing["eval_losses"]] == [0, 2, 4]   # the curve, step by step
+    curve = text[text.index("<h3>Healing loss curve"):]
+    curve = curve[:curve.index("</table>")]
+    for step, loss in healing["eval_losses"]:
+        assert _close(_cells(curve, str(step))[0], loss)
+    assert "Healing — lora" in text and "05-heal/loss_curve.png" in text
+
+
+def test_each_table_is_shown_once(run_dir, page):
+    _, text = page
+    # score, prune and sweep folders all hold the same scores.json; heal carries collapse's plan and merges
+    assert _read(run_dir / "03-prune" / "scores.json") == _read(run_dir / "01-score" / "scores.json")
+    assert text.count("<h3>Least important layers by each criterion") == 1
+    assert text.count("<h3>Best contiguous block per size n") == 1
+    assert text.count("<h3>LaCo merges") == 1 and text.count("<h3>Model and plan") == 2
+    assert "Least important layers by each criterion: the same as in 01-score/scores.json" in text
+    assert "(07-sweep/scores.json)" in text and "(05-heal/depthprune.json)" in text
+    assert text.count("<h3>Perplexity (token-level") == 1 and text.count("<h3>Sweep: quality") == 1
+    # BI ranking, computed here from the scores the slow obvious way
+    bi = _read(run_dir / "01-score" / "scores.json")["bi"]
+    assert _cells(text, "bi") == [str(i) for i in sorted(range(6), key=lambda i: bi[i])]
+
+
+def test_every_image_and_command_is_in_the_report(run_dir, page):
+    out, text = page
+    pngs = sorted(run_dir.rglob("*.png"))
+    assert text.count("data:image/png;base64,") == len(pngs) >= 4
+    commands = {s["step"]: " ".join(s["argv"]) for s in _read(run_dir / "run.json")["steps"]}
+    for command in commands.values():
+        assert html.escape(command) in text
+    markdown = out.with_suffix(".md").read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
-    assert len(links) == 2 and all((tmp_path / link).is_file() for link in links)
-    assert "| wikitext2 (seq_len 256) | 40.9 | 136.0 |" in markdown
+    assert len(links) == len(pngs) and all((out.parent / link).is_file() for link in links)
+    assert "### Summary" in markdown
+
+
+def _eval_with_timings(checkpoint, pruned_dir, out, monkeypatch, pruned_seconds: float):
+    """A real ``depthprune eval --compare`` whose clock says the pruned model takes ``pruned_seconds`` per run and
+    the dense one 1 s."""
+    pruned_model = {}
+
+    def timing(model, *args):
+        if not pruned_model:
+            pruned_model["first"] = model      # compare_speed times the evaluated model first
+        return (pruned_seconds, pruned_seconds) if model is pruned_model["first"] else (1.0, 1.0)
+
+    monkeypatch.setattr(speed_module, "_prefill_and_decode", timing)
+    return main(["eval", str(pruned_dir), "--compare", str(checkpoint), "--speed-batch-sizes", "1",
+                 "--speed-repeats", "2", "--output", str(out)])
+
+
+def test_impossible_speed_ups_are_flagged_in_cli_and_report(checkpoint, tmp_path, monkeypatch, capsys):
+    pruned = tmp_path / "pruned"
+    assert main(["prune", str(checkpoint), "--layers", "1", "--output", str(pruned)]) == 0
+    # 6 -> 5 layers: at most 1.2x; a 5x "speed-up" is noise
+    assert _eval_with_timings(checkpoint, pruned, tmp_path / "noisy", monkeypatch, 0.2) == 0
+    printed = capsys.readouterr().out
+    assert "WARNING: batch 1 prefill: 5.00x is above the ideal 1.20x" in printed and "idle machine" in printed
+    text = write_report([tmp_path / "noisy"], tmp_path / "noisy.html").read_text()
+    assert "<p class='warn'>noisy, batch 1 prefill: 5.00x is above the ideal 1.20x" in text
+    assert "⚠ noise" in text and "⚠ measurement noise, re-run on an idle machine" in text
+
+    # 1.1x on both is possible for decode and prefill alike: no flag anywhere
+    assert _eval_with_timings(checkpoint, pruned, tmp_path / "quiet", monkeypatch, 1 / 1.1) == 0
+    assert "WARNING" not in capsys.readouterr().out
+    text = write_report([tmp_path / "quiet"], tmp_path / "quiet.html").read_text()
+    assert "noise" not in text and "class='warn'" not in text
 
 
 def test_report_refuses_overwrite_and_empty_folders(run_dir, tmp_path, capsys):
@@ -93,13 +214,14 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.mark.skipif(CHROMIUM is None, reason="SKIPPED LOUDLY: Debian's chromium is not installed "
                                              "(apt-get install chromium); the HTML render check did not run")
-def test_report_renders_in_headless_chromium_with_all_images(run_dir, tmp_path):
-    out = write_report([run_dir], tmp_path / "report.html")
+def test_report_renders_in_headless_chromium_with_all_images(run_dir, page, tmp_path):
+    out, _ = page
+    images = len(sorted(run_dir.rglob("*.png")))
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
     dom = subprocess.run(flags + ["--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120).stdout
-    assert 'data-images-total="2"' in dom and 'data-images-ok="2"' in dom
+    assert f'data-images-total="{images}"' in dom and f'data-images-ok="{images}"' in dom
     shot = tmp_path / "shot.png"
     subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1200,2000", out.as_uri()],
                    capture_output=True, timeout=120)

@@ -122,6 +122,7 @@ def evaluate(model, ppl=None, seq_len=2048, tasks=None, num_fewshot: int | None 
         {"acc", "acc_norm", "n", ...}}, "speed": {...}, "settings": {...}}``.
     """
     from .. import __version__
+    from ..metadata import EVALUATED_KEY, evaluated_model
     from ..loading import require_tokenizer
     from .lm_wrapper import DepthpruneLM
     from .multiple_choice import evaluate_task
@@ -147,7 +148,8 @@ def evaluate(model, ppl=None, seq_len=2048, tasks=None, num_fewshot: int | None 
 
     loaded = _loaded(model, dtype, device, trust_remote_code)
     results: dict = {"model": loaded.description, "depthprune_version": __version__,
-                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                     EVALUATED_KEY: evaluated_model(loaded)}
     settings = {"backend": backend, "data_dir": str(data_dir) if data_dir is not None else None,
                 "num_fewshot": num_fewshot, "limit": limit, "batch_size": batch_size,
                 "dtype": str(next(loaded.model.parameters()).dtype).replace("torch.", "")}   # what auto resolved to
@@ -227,41 +229,71 @@ def markdown_table(results: dict) -> str:
         lines += ["", "acc and acc_norm in percent.", ""]
     speed = results.get("speed")
     if speed:
-        model, base = speed["model"], speed.get("base")
-        lines += [f"Speed ({speed['settings']['prompt_len']}-token prompts, {speed['settings']['new_tokens']} "
-                  f"decode steps, median of {speed['settings']['repeats']}; {model['device']}, {model['dtype']}):", ""]
-        header = "| batch | prefill tok/s | decode tok/s |"
-        rule = "|---:|---:|---:|"
-        if base:
-            header += " base prefill tok/s | base decode tok/s | prefill x | decode x |"
-            rule += "---:|---:|---:|---:|"
-        lines += [header, rule]
-        for batch, entry in model["batches"].items():
-            row = f"| {batch} | {entry['prefill_tokens_per_s']:.1f} | {entry['decode_tokens_per_s']:.1f} |"
-            if base:
-                base_entry = base["batches"][batch]
-                ratio = speed["ratios"][batch]
-                row += (f" {base_entry['prefill_tokens_per_s']:.1f} | {base_entry['decode_tokens_per_s']:.1f} | "
-                        f"{ratio['prefill']:.3f} | {ratio['decode']:.3f} |")
-            lines.append(row)
-        lines.append("")
-        lines.append(f"Parameters {model['parameters']:,}; layers {model['num_layers']}; "
-                     f"checkpoint {model.get('checkpoint_bytes', 0) / 2**20:.1f} MiB; peak memory "
-                     f"{(model.get('peak_memory_bytes') or 0) / 2**20:.0f} MiB ({model['peak_memory_kind']}).")
-        if base:
-            ideal = speed["ideal"]
-            lines.append(f"Ideal speed-up: layers {_fmt(ideal.get('layers'), 3)}, weights read per token "
-                         f"{_fmt(ideal['weights_read'], 3)}.")
-        lines.append("")
+        lines += speed_markdown(speed)
     return "\n".join(lines)
+
+
+def _spread(entry: dict, key: str, digits: int = 1) -> str:
+    """``median (min-max)`` of a measured figure, or the median alone for results written without a spread."""
+    text = f"{entry[key]:.{digits}f}"
+    if f"{key}_min" in entry and f"{key}_max" in entry:
+        text += f" ({entry[f'{key}_min']:.{digits}f}-{entry[f'{key}_max']:.{digits}f})"
+    return text
+
+
+def speed_markdown(speed: dict) -> list[str]:
+    """The speed table (median and min-max of the runs), sizes, ideals and any measurement-noise warnings."""
+    from .speed import speed_warnings
+
+    model, base = speed["model"], speed.get("base")
+    lines = [f"Speed ({speed['settings']['prompt_len']}-token prompts, {speed['settings']['new_tokens']} "
+             f"decode steps, median (min-max) of {speed['settings']['repeats']}"
+             f"{', dense and pruned interleaved' if base else ''}; {model['device']}, {model['dtype']}):", ""]
+    header = "| batch | prefill tok/s | decode tok/s |"
+    rule = "|---:|---:|---:|"
+    if base:
+        header += " base prefill tok/s | base decode tok/s | prefill x (ideal) | decode x (ideal) |"
+        rule += "---:|---:|---:|---:|"
+    lines += [header, rule]
+    plausibility = speed.get("plausibility") or {}
+    for batch, entry in model["batches"].items():
+        row = f"| {batch} | {_spread(entry, 'prefill_tokens_per_s')} | {_spread(entry, 'decode_tokens_per_s')} |"
+        if base:
+            base_entry = base["batches"][batch]
+            ratio = speed["ratios"][batch]
+            cells = []
+            for kind in ("prefill", "decode"):
+                verdict = plausibility.get(batch, {}).get(kind, {})
+                cell = _spread(ratio, kind, 3)
+                if "ideal" in verdict:
+                    cell += f" ({verdict['ideal']:.3f})"
+                if verdict and not verdict.get("plausible", True):
+                    cell += " NOISE"
+                cells.append(cell)
+            row += (f" {_spread(base_entry, 'prefill_tokens_per_s')} | {_spread(base_entry, 'decode_tokens_per_s')} | "
+                    f"{cells[0]} | {cells[1]} |")
+        lines.append(row)
+    lines.append("")
+    lines.append(f"Parameters {model['parameters']:,}; layers {model['num_layers']}; "
+                 f"checkpoint {model.get('checkpoint_bytes', 0) / 2**20:.1f} MiB; peak memory "
+                 f"{(model.get('peak_memory_bytes') or 0) / 2**20:.0f} MiB ({model['peak_memory_kind']}).")
+    if base:
+        ideal = speed["ideal"]
+        lines.append(f"Ideal speed-up: layers {_fmt(ideal.get('layers'), 3)}, weights read per token "
+                     f"{_fmt(ideal['weights_read'], 3)}.")
+        for warning in speed_warnings(speed):
+            lines.append(f"WARNING: {warning}")
+    lines.append("")
+    return lines
 
 
 def write_results(results: dict, output, force: bool = False) -> Path:
     """Write ``results.json`` and ``results.md`` into ``output`` atomically (refused if it exists without force)."""
+    from ..metadata import RESULTS_FILE
     from ..saving import atomic_output_dir, write_json_atomic
 
     serialisable = copy.deepcopy(results)
     with atomic_output_dir(output, force=force) as tmp:
-        write_json_atomic(tmp / "results.json", serialisable)
+        write_json_atomic(tmp / RESULTS_FILE, serialisable)
         (tmp / "results.md").write_text(markdown_table(results))
     return Path(output)

@@ -16,6 +16,7 @@ from ..data import DataSpec, load_texts, tokenize_blocks
 from ..errors import DepthpruneError
 from ..extras import require
 from ..loading import LoadedModel, load_model
+from ..metadata import HEALING_KEY, PARENT_HEALING_KEY
 from ..saving import check_output_dir, read_metadata, save
 from .config import HealConfig, build_config
 from .distill import load_teacher, parameter_bytes, teacher_source
@@ -116,10 +117,10 @@ def provenance(loaded: LoadedModel, num_layers: int) -> dict:
     if parent is None:
         return {"base_model": loaded.description, "num_layers_original": num_layers,
                 "kept_layers": list(range(num_layers)), "removed_layers": [], "method": "none"}
-    carried = {k: v for k, v in parent.items() if k not in ("created", "depthprune_version", "requires", "healing")}
+    carried = {k: v for k, v in parent.items() if k not in ("created", "depthprune_version", "requires", HEALING_KEY)}
     carried["parent_model"] = loaded.description
-    if "healing" in parent:
-        carried["parent_healing"] = parent.get("parent_healing", []) + [parent["healing"]]
+    if HEALING_KEY in parent:
+        carried[PARENT_HEALING_KEY] = parent.get(PARENT_HEALING_KEY, []) + [parent[HEALING_KEY]]
     return carried
 
 
@@ -250,7 +251,7 @@ def heal(model: str | LoadedModel, data: str | DataSpec = "builtin", output: str
         "teacher": teacher_name,
         "teacher_weight_bytes": parameter_bytes(teacher_model) if teacher_model is not None else None,
     }
-    metadata = {**recipe_metadata, "healing": healing}
+    metadata = {**recipe_metadata, HEALING_KEY: healing}
     if accelerator.is_main_process:
         save(healed, loaded.tokenizer, output, metadata=metadata, force=force, extra_files=extra_files)
         remove_own_checkpoints(checkpoint_dir)      # the model is safe on disk; the user's files there stay

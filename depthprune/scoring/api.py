@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 
 from ..errors import DepthpruneError
+from ..metadata import SCORES_FILE
 from .base import EDGE_KEEP_FIRST, EDGE_KEEP_LAST, ScoringContext, get_entry, parse_metrics
 
 logger = logging.getLogger(__name__)
 
-SCORES_FILE = "scores.json"
 
 
 def make_configs(metrics, tokens: str = "last", keep_edges: bool | None = None,
