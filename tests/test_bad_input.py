@@ -187,8 +187,7 @@ CASES = [
     ("heal-missing-data", ["heal", "{W}/tiny", "--data", "{W}/missing.jsonl", "--max-steps", "1", "--cpu",
                            "--output", "{OUT}"], ["missing.jsonl", "not found"]),
     pytest.param("heal-data-self", ["heal", "{W}/tiny", "--data", "self", "--max-steps", "1", "--cpu",
-                                    "--output", "{OUT}"], ["self"],
-                 marks=pytest.mark.xfail(strict=False, reason="fixed on the heal branch"), id="heal-data-self"),
+                                    "--output", "{OUT}"], ["self"], id="heal-data-self"),
     # eval
     ("eval-seq-len-beyond-context", ["eval", "{W}/tiny", "--ppl", "builtin", "--seq-len", "128,512",
                                      "--output", "{OUT}"], ["--seq-len 512", "256", "max_position_embeddings"]),

@@ -79,7 +79,10 @@ def test_auto_reads_the_safetensors_when_config_names_no_dtype(bf16_checkpoint, 
 
 
 def test_score_records_the_dtype_it_ran_in(bf16_checkpoint):
-    scores = api.score(str(bf16_checkpoint), metrics="bi", data="builtin", show_progress=False)
+    from depthprune.data import DataSpec
+
+    scores = api.score(str(bf16_checkpoint), metrics="bi", data=DataSpec("builtin", samples=4, seq_len=64),
+                       show_progress=False)
     assert scores["dtype"] == "torch.bfloat16"
 
 

@@ -80,7 +80,7 @@ def test_resume_after_a_crash_runs_only_the_missing_steps(checkpoint, tmp_path):
 
 def test_a_step_made_by_other_options_is_refused_until_rerun(checkpoint, tmp_path, capsys):
     run = tmp_path / "run"
-    steps = lambda layers: [{"prune": {"layers": layers}}, {"prune": {"layers": "0"}}]   # noqa: E731
+    steps = lambda layers: [{"prune": {"layers": layers}}, {"prune": {"layers": "0", "allow_first_layer": True}}]   # noqa: E731
     run_recipe(write(tmp_path, {"model": str(checkpoint), "output": str(run), "steps": steps("1")}))
     record_before = (run / "run.json").read_text()
     edited = write(tmp_path, {"model": str(checkpoint), "output": str(run), "steps": steps("3")})
@@ -112,7 +112,7 @@ def test_a_deleted_upstream_folder_remakes_the_steps_that_read_it(checkpoint, tm
 
     run = tmp_path / "run"
     path = write(tmp_path, {"model": str(checkpoint), "output": str(run),
-                            "steps": [{"prune": {"layers": "1"}}, {"prune": {"layers": "0"}}]})
+                            "steps": [{"prune": {"layers": "1"}}, {"prune": {"layers": "0", "allow_first_layer": True}}]})
     run_recipe(path)
     shutil.rmtree(run / "01-prune")
     result = run_recipe(path)
@@ -137,14 +137,14 @@ def test_a_finished_recipe_with_a_report_skips_every_step(checkpoint, tmp_path, 
 
 def test_rerun_names_a_step_or_fails_listing_them(checkpoint, tmp_path, capsys):
     path = write(tmp_path, {"model": str(checkpoint), "output": str(tmp_path / "run"),
-                            "steps": [{"prune": {"layers": "1"}}, {"prune": {"layers": "0"}}]})
+                            "steps": [{"prune": {"layers": "1"}}, {"prune": {"layers": "0", "allow_first_layer": True}}]})
     assert main(["run", str(path), "--rerun", "prune"]) == 2      # two prune steps: ambiguous
     err = capsys.readouterr().err
     assert "names no single step; give one of 01-prune, 02-prune" in err and not (tmp_path / "run").exists()
 
 
 def test_a_moved_run_folder_still_skips_its_finished_steps(checkpoint, tmp_path):
-    recipe = {"model": str(checkpoint), "steps": [{"prune": {"layers": "1"}}, {"prune": {"layers": "0"}}]}
+    recipe = {"model": str(checkpoint), "steps": [{"prune": {"layers": "1"}}, {"prune": {"layers": "0", "allow_first_layer": True}}]}
     path = write(tmp_path, recipe)
     run_recipe(path, output=tmp_path / "first")
     (tmp_path / "first").rename(tmp_path / "moved")

@@ -162,9 +162,14 @@ def data_spec_from_args(args) -> DataSpec:
         raise DepthpruneError(f"--samples must be at least 1 (got {args.samples})")
     if args.seq_len < 2:
         raise DepthpruneError(f"--seq-len must be at least 2 tokens (got {args.seq_len})")
+    from ..extras import data_needs, is_available
+
+    spec = DataSpec(source=args.data, samples=args.samples, seq_len=args.seq_len, seed=args.seed,
+                    text_field=args.text_field, chat_template=args.chat_template)
+    if any(not is_available(module) for module, _ in data_needs(args.data)):
+        return spec     # the verb's own check names every missing package at once, this reader's included
     check_source(args.data)   # names the missing path; .check() below reads it
-    return DataSpec(source=args.data, samples=args.samples, seq_len=args.seq_len, seed=args.seed,
-                    text_field=args.text_field, chat_template=args.chat_template).check()
+    return spec.check()
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
