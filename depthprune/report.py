@@ -208,14 +208,25 @@ def _results_label(step: StepArtifacts) -> str:
         return f"{step.name} (dense)"
     if evaluated.get("num_layers") is not None:
         return f"{step.name} ({evaluated['num_layers']} layers)"
-    model = Path(str(results.get("model") or "")).name
-    if len(model) > 32:
-        model = model[:30] + "…"
+    model = Path(str(results.get("model") or "")).name   # whole: headers wrap instead of being cut short
     return f"{step.name}" + (f" ({model})" if model else "")
 
 
+def perplexity_label(name: str, entry: dict) -> str:
+    """``wikitext2 (32 windows of 256 tokens, 8,160 predicted)``: a perplexity is only comparable to another with the
+    same windows, so every one names them."""
+    parts = []
+    if entry.get("windows") is not None:
+        parts.append(f"{entry['windows']} windows of {entry.get('seq_len', '?')} tokens")
+    else:
+        parts.append(f"windows of {entry.get('seq_len', '?')} tokens")
+    if isinstance(entry.get("tokens"), int):
+        parts.append(f"{entry['tokens']:,} predicted")
+    return f"{name} ({', '.join(parts)})"
+
+
 def _perplexities(results: dict) -> dict[str, float]:
-    """``{"wikitext2 (seq_len 256)": ppl}`` for one results.json (one or several window lengths)."""
+    """``{"wikitext2 (32 windows of 256 tokens, ...)": ppl}`` for one results.json (one or several window lengths)."""
     values = {}
     for name, entry in (results.get("perplexity") or {}).items():
         if not isinstance(entry, dict):
@@ -223,8 +234,15 @@ def _perplexities(results: dict) -> dict[str, float]:
         # one window length: {"ppl", "seq_len", ...}; several: {"128": {...}, "2048": {...}}
         per_length = [entry] if "ppl" in entry else [v for v in entry.values() if isinstance(v, dict)]
         for sub in per_length:
-            values[f"{name} (seq_len {sub.get('seq_len', '?')})"] = sub.get("ppl")
+            values[perplexity_label(name, sub)] = sub.get("ppl")
     return values
+
+
+def _ratio(value, dense) -> str:
+    """``value / dense`` as ``1.31×``; a dash where either is missing."""
+    if not isinstance(value, (int, float)) or not isinstance(dense, (int, float)) or not dense:
+        return "—"
+    return f"{_fmt(value / dense)}×"
 
 
 def _accuracies(results: dict) -> dict[str, float]:
@@ -242,17 +260,29 @@ def _evaluation_tables(steps: list[StepArtifacts]) -> list[Table]:
     if not evals:
         return []
     tables = []
-    labels = [_results_label(s) for s in evals]
+    dense, _ = _dense_and_final(evals)
+    # every cut model's column is followed by its ratio to the dense model's figure, when the run has one
+    columns: list[tuple[StepArtifacts, bool]] = []
+    for step in evals:
+        columns.append((step, False))
+        if dense is not None and step is not dense:
+            columns.append((step, True))
+    labels = [f"{_results_label(s)} vs dense" if is_ratio else _results_label(s) for s, is_ratio in columns]
     sources = ", ".join(f"{s.name}/{schema.RESULTS_FILE}" for s in evals)
     for title, extract in (("Perplexity (token-level, lower is better)", _perplexities),
                            ("Zero-shot accuracy (lm-evaluation-harness scoring)", _accuracies)):
-        rows: dict[str, list[str]] = {}
-        for column, step in enumerate(evals):
-            for key, value in extract(step.json[schema.RESULTS_FILE]).items():
-                rows.setdefault(key, ["—"] * len(evals))[column] = _fmt(value)
+        values = {s.name: extract(s.json[schema.RESULTS_FILE]) for s in evals}
+        keys = list(dict.fromkeys(k for s in evals for k in values[s.name]))
+        rows = []
+        for key in keys:
+            row = [key]
+            for step, is_ratio in columns:
+                value = values[step.name].get(key)
+                row.append(_ratio(value, values[dense.name].get(key)) if is_ratio else
+                           ("—" if value is None else _fmt(value)))
+            rows.append(row)
         if rows:
-            tables.append(Table(title, ["dataset" if "Perplexity" in title else "task"] + labels,
-                                [[k] + v for k, v in rows.items()], sources))
+            tables.append(Table(title, ["dataset" if "Perplexity" in title else "task"] + labels, rows, sources))
     for step in evals:
         speed = step.json[schema.RESULTS_FILE].get("speed")
         if speed:
@@ -346,11 +376,22 @@ def _sweep_tables(step: StepArtifacts) -> list[Table]:
     points = sweep.get("points") or []
     if not points:
         return []
-    metric_keys = [k for k in points[0] if k not in ("method", "n", "removed_layers", "kept_layers")]
-    rows = [[str(p.get("method")), str(p.get("n")), _fmt(p.get("removed_layers", []))]
-            + [_fmt(p.get(k)) for k in metric_keys] for p in points]
-    return [Table("Sweep: quality against layers removed", ["method", "n", "removed"] + metric_keys, rows,
-                  f"{step.name}/{schema.SWEEP_FILE}")]
+    from .sweep import metric_title
+
+    metric_keys = [k for k in points[0] if k not in ("method", "n", "removed_layers", "kept_layers", "fraction",
+                                                      "seconds")]
+    dense = {k: next((p.get(k) for p in points if p.get("n") == 0 and p.get(k) is not None), None)
+             for k in metric_keys}
+    header = ["method", "n", "removed"]
+    for key in metric_keys:   # the human title (it names the windows), then the ratio to the dense point
+        header += [metric_title(key, sweep), "vs dense"]
+    rows = []
+    for p in points:
+        row = [str(p.get("method")), str(p.get("n")), _fmt(p.get("removed_layers", []))]
+        for key in metric_keys:
+            row += [_fmt(p.get(key)), _ratio(p.get(key), dense[key])]
+        rows.append(row)
+    return [Table("Sweep: quality against layers removed", header, rows, f"{step.name}/{schema.SWEEP_FILE}")]
 
 
 # ---------------------------------------------------------------------------------------------------- summary
@@ -464,7 +505,8 @@ color:#1d2330;background:#fff}h1{border-bottom:3px solid #3b6fd4;padding-bottom:
 table{border-collapse:collapse;margin:.5em 0;font-size:14px}th,td{border:1px solid #d5dae3;padding:4px 10px;
 text-align:left}th{background:#eef2fa}tr:nth-child(even) td{background:#f8f9fc}img{max-width:100%;border:1px solid
 #e3e6ec;margin:.5em 0}figure{margin:1em 0}figcaption{font-size:13px;color:#555}.prov{font-size:12px;color:#666}
-code{background:#f3f4f7;padding:1px 4px;border-radius:3px}.warn{background:#fff4e0;border-left:4px solid #e09b2d;
+code{background:#f3f4f7;padding:1px 4px;border-radius:3px;overflow-wrap:anywhere;white-space:pre-wrap}
+th{overflow-wrap:anywhere}.warn{background:#fff4e0;border-left:4px solid #e09b2d;
 padding:.4em .8em}.summary table{font-size:15px}
 """
 
