@@ -38,7 +38,7 @@ __all__ = ["collapse", "evaluate", "heal", "info", "load_model", "load_recipe", 
 def _with_threads(function):
     """``function`` plus the keyword ``threads`` of every CLI verb: torch's CPU threads, set before the work starts.
 
-    The default, None, leaves torch's own default, as the CLI does without ``--threads``.
+    The default, None, leaves torch's own default (the command line instead uses the cores left free).
     """
     @functools.wraps(function)
     def verb(*args, threads: int | None = None, **kwargs):

@@ -80,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     if handle_term:
         signal.signal(signal.SIGTERM, _raise_terminated)
+    if getattr(args, "threads", None) is None:
+        from .runtime import set_default_threads
+
+        chosen = set_default_threads()
+        if chosen is not None:
+            logging.getLogger("depthprune").info("torch threads: %d (the cores not busy with other processes; "
+                                                 "--threads N to choose)", chosen)
     try:
         result = args._run(args)
     except DepthpruneError as error:

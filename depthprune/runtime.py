@@ -24,3 +24,21 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_interop_threads(threads)
     except RuntimeError:   # already sized, or parallel work has started: torch allows it only once, early
         pass
+
+
+def set_default_threads(sample_s: float = 0.2) -> int | None:
+    """When neither ``--threads`` nor ``OMP_NUM_THREADS`` chose, run torch on the cores other processes leave free.
+
+    Beside one CPU-bound process on a 2-core machine, torch's default of one thread per core made its threads wait
+    on each other and spin: bench/bench_threads.py measured the cost. Returns the count chosen, or None when the
+    user's choice stands.
+    """
+    import os
+
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    from .threads import free_threads
+
+    threads = free_threads(sample_s)
+    set_threads(threads)
+    return threads

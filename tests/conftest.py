@@ -32,8 +32,15 @@ def _one_thread_for_tiny_models(request):
         return
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    # the command line would otherwise sample the load (0.2 s a call) and pick its own count
+    omp = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
     yield
     torch.set_num_threads(threads)
+    if omp is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = omp
 
 
 @pytest.fixture(scope="session")

@@ -102,8 +102,15 @@ def test_report_opens_with_a_summary_of_cut_quality_and_speed(run_dir, page):
     # quality against the dense model, from the two evaluations' own files
     dense = _read(run_dir / "02-eval" / "results.json")["perplexity"]["builtin"]["ppl"]
     final = _read(run_dir / "06-eval" / "results.json")["perplexity"]["builtin"]["ppl"]
-    measured, against = _cells(text, "builtin (seq_len 32)")
+    # every perplexity names its windows and predicted tokens, as the evaluation's own file counts them
+    entry = _read(run_dir / "02-eval" / "results.json")["perplexity"]["builtin"]
+    label = f"builtin ({entry['windows']} windows of 32 tokens, {entry['tokens']:,} predicted)"
+    measured, against = _cells(text, label)
     assert _close(measured, dense, final) and _close(against, final / dense) and "dense" in measured
+    # the evaluation table gives the cut model's ratio to the dense model in a column of its own
+    assert f"<th>06-eval ({final_layers} layers) vs dense</th>" in text
+    assert re.search(rf"<td>{re.escape(label)}</td><td>[^<]*</td>(<td>[^<]*</td>)*<td>{final / dense:.4g}×</td>",
+                     text)
     # speed against the dense model next to the ideal, flagged exactly when the measurement is implausible
     speed = _read(run_dir / "06-eval" / "results.json")["speed"]
     for kind in ("decode", "prefill"):
@@ -229,3 +236,15 @@ def test_report_renders_in_headless_chromium_with_all_images(run_dir, page, tmp_
     image = Image.open(shot).convert("L")
     colours = image.getcolors(maxcolors=1 << 20)
     assert image.size == (1200, 2000) and colours is not None and len(colours) > 20   # not a blank page
+
+
+def test_sweep_table_names_its_windows_and_gives_each_point_against_dense(run_dir, page):
+    _, text = page
+    sweep = _read(run_dir / "07-sweep" / "sweep.json")
+    assert "<th>CPython docs (builtin) perplexity (windows of 32 tokens, first 2 windows)</th><th>vs dense</th>" in text
+    dense = next(p for p in sweep["points"] if p["n"] == 0)["builtin_ppl"]
+    for point in sweep["points"]:
+        cells = re.search(rf"<tr><td>{point['method']}</td><td>{point['n']}</td><td>[^<]*</td><td>([^<]*)</td>"
+                          rf"<td>([^<]*)</td></tr>", text)
+        assert cells, f"no sweep row for {point['method']} n={point['n']}"
+        assert _close(cells.group(1), point["builtin_ppl"]) and _close(cells.group(2), point["builtin_ppl"] / dense)

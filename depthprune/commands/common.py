@@ -57,7 +57,7 @@ class _SetThreads(argparse.Action):
         from ..runtime import set_threads
 
         if values < 1:
-            parser.error(f"--threads must be at least 1 (got {values}); leave it out for torch's default")
+            parser.error(f"--threads must be at least 1 (got {values}); leave it out to use the free cores")
         setattr(namespace, self.dest, values)
         _record(namespace, self.dest)
         set_threads(values)
@@ -103,8 +103,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.register("action", "store_true", _GivenStoreTrue)
     if "--threads" not in parser._option_string_actions:
         parser.add_argument("--threads", type=int, default=None, action=_SetThreads, metavar="N",
-                            help="CPU threads for torch; unset: torch's own default (one per core). On a busy "
-                                 "machine 1 can be several times faster than 2")
+                            help="CPU threads for torch; unset: the cores other processes leave free when the verb "
+                                 "starts (OMP_NUM_THREADS, when set, is respected instead)")
 
 
 def given_options(args) -> set[str]:
