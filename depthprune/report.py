@@ -215,11 +215,8 @@ def _results_label(step: StepArtifacts) -> str:
 def perplexity_label(name: str, entry: dict) -> str:
     """``wikitext2 (32 windows of 256 tokens, 8,160 predicted)``: a perplexity is only comparable to another with the
     same windows, so every one names them."""
-    parts = []
-    if entry.get("windows") is not None:
-        parts.append(f"{entry['windows']} windows of {entry.get('seq_len', '?')} tokens")
-    else:
-        parts.append(f"windows of {entry.get('seq_len', '?')} tokens")
+    count = f"{entry['windows']} " if entry.get("windows") is not None else ""
+    parts = [f"{count}windows of {entry.get('seq_len', '?')} tokens"]
     if isinstance(entry.get("tokens"), int):
         parts.append(f"{entry['tokens']:,} predicted")
     return f"{name} ({', '.join(parts)})"
@@ -376,10 +373,9 @@ def _sweep_tables(step: StepArtifacts) -> list[Table]:
     points = sweep.get("points") or []
     if not points:
         return []
-    from .sweep import metric_title
+    from .sweep import metric_title, point_metrics
 
-    metric_keys = [k for k in points[0] if k not in ("method", "n", "removed_layers", "kept_layers", "fraction",
-                                                      "seconds")]
+    metric_keys = point_metrics(points[0])
     dense = {k: next((p.get(k) for p in points if p.get("n") == 0 and p.get(k) is not None), None)
              for k in metric_keys}
     header = ["method", "n", "removed"]

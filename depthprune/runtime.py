@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from .errors import DepthpruneError
 
 
@@ -33,8 +35,6 @@ def set_default_threads(sample_s: float = 0.2) -> int | None:
     on each other and spin: bench/bench_threads.py measured the cost. Returns the count chosen, or None when the
     user's choice stands.
     """
-    import os
-
     if os.environ.get("OMP_NUM_THREADS"):
         return None
     from .threads import free_threads

@@ -69,6 +69,15 @@ def _metric_values(results: dict) -> dict:
     return values
 
 
+# What a sweep point records about itself; every other key is a measured metric.
+POINT_FIELDS = ("method", "n", "removed_layers", "fraction", "seconds")
+
+
+def point_metrics(point: dict) -> list[str]:
+    """The measured keys of a sweep point: its metrics, and ``heal_final_loss`` when the points were healed."""
+    return [k for k in point if k not in POINT_FIELDS]
+
+
 _SOURCE_NAMES = {"builtin": "CPython docs (builtin)", "wikitext2": "WikiText-2", "c4": "C4", "ptb": "PTB",
                  "pg19": "PG-19"}
 
@@ -126,8 +135,7 @@ def sweep_figure(result: dict):
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     points = result["points"]
-    metrics = [k for k in points[0] if k not in ("method", "n", "removed_layers", "fraction", "seconds",
-                                                 "heal_final_loss")]
+    metrics = [k for k in point_metrics(points[0]) if k != "heal_final_loss"]   # the title says healed
     columns = min(len(metrics), 2)
     rows = (len(metrics) + columns - 1) // columns
     figure, axes = plt.subplots(rows, columns, figsize=(7.5 * columns, 4.8 * rows), squeeze=False)
