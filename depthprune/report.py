@@ -502,7 +502,7 @@ table{border-collapse:collapse;margin:.5em 0;font-size:14px}th,td{border:1px sol
 text-align:left}th{background:#eef2fa}tr:nth-child(even) td{background:#f8f9fc}img{max-width:100%;border:1px solid
 #e3e6ec;margin:.5em 0}figure{margin:1em 0}figcaption{font-size:13px;color:#555}.prov{font-size:12px;color:#666}
 code{background:#f3f4f7;padding:1px 4px;border-radius:3px;overflow-wrap:anywhere;white-space:pre-wrap}
-th{overflow-wrap:anywhere}.warn{background:#fff4e0;border-left:4px solid #e09b2d;
+th{overflow-wrap:break-word}.warn{background:#fff4e0;border-left:4px solid #e09b2d;
 padding:.4em .8em}.summary table{font-size:15px}
 """
 
