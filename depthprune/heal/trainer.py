@@ -158,9 +158,13 @@ def deepspeed_plugin(config: HealConfig):
     """The DeepSpeed settings of this run: accumulation and clipping from the CLI, the rest from the launch config."""
     from accelerate.utils import DeepSpeedPlugin
 
-    # gradient_clipping 0.0 leaves the key out of the DeepSpeed config: DeepSpeed's own default, no clipping
-    return DeepSpeedPlugin(gradient_accumulation_steps=config.grad_accum,
-                           gradient_clipping=float(config.max_grad_norm))
+    plugin = DeepSpeedPlugin(gradient_accumulation_steps=config.grad_accum,
+                             gradient_clipping=float(config.max_grad_norm))
+    if not config.max_grad_norm:
+        # no clipping is DeepSpeed's own default, with the key absent; accelerate 1.16 writes 0.0 where 1.15 left the
+        # key out, so the config is the same whichever accelerate is installed
+        plugin.deepspeed_config.pop("gradient_clipping", None)
+    return plugin
 
 
 def make_accelerator(config: HealConfig, cpu: bool = False, mixed_precision: str | None = None):
