@@ -146,6 +146,7 @@ def sweep_figure(result: dict):
         dense = next((p[metric] for p in points if p["n"] == 0 and p.get(metric) is not None), None)
         if dense is not None:
             axis.axhline(dense, color="0.35", linestyle="--", linewidth=1.2, label=f"dense ({_compact_number(dense)})")
+        colours = {}
         for method in result["methods"]:
             line = sorted((p["n"], p[metric]) for p in points if p["method"] == method and p.get(metric) is not None
                           and p["n"] > 0)
@@ -153,7 +154,11 @@ def sweep_figure(result: dict):
                 continue
             xs = [x for x, _ in line]
             ys = [min(y, cap) if cap else y for _, y in line]
-            drawn = axis.plot(xs, ys, marker="o", label=method)[0]
+            # a compensated curve (bi+linear) is drawn dashed in its criterion's colour
+            paired = {"linestyle": "--", "color": colours[method.split("+")[0]]} \
+                if "+" in method and method.split("+")[0] in colours else {}
+            drawn = axis.plot(xs, ys, marker="o", label=method, **paired)[0]
+            colours.setdefault(method, drawn.get_color())
             for x, y in line:
                 if cap and y > cap:
                     axis.plot([x], [cap], linestyle="none", marker="^", markersize=10, color=drawn.get_color())
@@ -188,13 +193,13 @@ def is_unfinished_sweep(folder) -> bool:
 
 def sweep_needs(model, methods="angular,bi,last,ppl", eval="wikitext2", data="builtin", data_dir=None,
                 heal_steps: int = 0, heal_method: str = "lora", heal_data=None, scores=None, output=None,
-                plots: bool = True) -> list[tuple[str, str]]:
+                plots: bool = True, compensate: str = "none") -> list[tuple[str, str]]:
     """The optional packages ``sweep`` will need, as ``(module, purpose)`` pairs."""
     from .evaluate.perplexity import PPL_SOURCES
     from .extras import data_needs, model_needs
 
     needs = model_needs(model)
-    if scores is None and any(m not in ("last", "magnitude") for m in _split(methods)):
+    if compensate != "none" or (scores is None and any(m not in ("last", "magnitude") for m in _split(methods))):
         needs += data_needs(data)
     if data_dir is None:
         needs += [("datasets", f"--eval {name} without --data-dir") for name in _split(eval) if name in PPL_SOURCES]
@@ -258,7 +263,7 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
           eval_seq_len: int = 256, data_dir=None, max_windows: int | None = None,
           limit: int | None = None, heal_steps: int = 0, heal_method: str = "lora", heal_data=None,
           scores=None, output=None, force: bool = False, plots: bool = True, dtype="auto", device="cpu",
-          trust_remote_code: bool = False) -> dict:
+          trust_remote_code: bool = False, compensate: str = "none") -> dict:
     """Evaluate the model with n layers removed by each method, for every n (``depthprune sweep``).
 
     Every finished point is saved at once in ``OUTPUT/sweep.progress.json`` (with the scores in
@@ -283,6 +288,8 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
         output: folder for ``sweep.json`` and ``sweep.png``; None writes nothing.
         force: start over in ``output`` even when it holds a finished or unfinished sweep.
         plots: draw ``sweep.png`` (needs matplotlib).
+        compensate: also evaluate every point with this compensation folded in (calibrated on ``data``), as a
+            second curve per criterion named ``METHOD+COMPENSATION`` (see :mod:`depthprune.compensate`).
 
     Returns:
         ``{"model", "num_layers", "methods", "points": [{"method", "n", "fraction", "removed_layers", <metrics>}]}``.
@@ -304,6 +311,10 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
     for method in method_list:
         check_method(method)
     counts = parse_range(n)
+    if compensate != "none":
+        from .compensate import COMPENSATIONS
+
+        COMPENSATIONS.get(compensate)
     evals = _split(eval)
     ppl = [e for e in evals if e in PPL_SOURCES]
     tasks = [e for e in evals if e in TASKS]
@@ -319,14 +330,14 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
         "eval_seq_len": eval_seq_len, "max_windows": max_windows, "limit": limit,
         "data_dir": str(Path(data_dir).expanduser().resolve()) if data_dir else None, "calibration": spec.describe(),
         "scores": str(Path(scores).expanduser().resolve()) if isinstance(scores, (str, Path)) else None,
-        "heal": {"steps": heal_steps, "method": heal_method, "data": heal_data} if heal_steps else None},
-        default=str))
+        "heal": {"steps": heal_steps, "method": heal_method, "data": heal_data} if heal_steps else None,
+        **({"compensate": compensate} if compensate != "none" else {})}, default=str))
     out = Path(output) if output is not None else None
     finished = _finished_points(out, settings, force) if out is not None else None   # refuses before any work
     if out is not None:
         remove_stale_temp_dirs(out)   # a run killed while it made the folder
     require_all(sweep_needs(model, methods, eval, data, data_dir, heal_steps, heal_method, heal_data, scores,
-                            output, plots))
+                            output, plots, compensate))
 
     loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device,
                                                                       trust_remote_code=trust_remote_code)
@@ -362,6 +373,8 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
             removed = [] if count == 0 else select_layers(method, scores, count)[0]
             adapter.check_removal(removed)
             planned.append((method, count, removed))
+    if compensate != "none":     # a compensated curve beside each criterion's (the dense point is shared)
+        planned += [(f"{method}+{compensate}", count, removed) for method, count, removed in list(planned)]
 
     progress_path = out / PROGRESS_FILE if out is not None else None
     if out is not None and finished is None:
@@ -375,7 +388,13 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
                        len(planned))
     done = {(p["method"], p["n"]): p for p in finished or []}
     # Identical removal sets (the dense model for every method, or two criteria agreeing) are evaluated once.
-    cache: dict[tuple, dict] = {tuple(p["removed_layers"]): _measured(p) for p in done.values()}
+    cache: dict[tuple, dict] = {_point_key(p["method"], p["removed_layers"]): _measured(p) for p in done.values()}
+    calibration_ids = None
+    if compensate != "none":
+        from .data import calibration_blocks
+        from .loading import require_tokenizer
+
+        calibration_ids = calibration_blocks(spec, require_tokenizer(loaded), model=loaded.model)
 
     def measure(model_to_eval) -> dict:
         results = evaluate(LoadedModel(model=model_to_eval, tokenizer=loaded.tokenizer, source=loaded.source,
@@ -390,11 +409,17 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
             if (method, count) in done:
                 continue
             started = time.perf_counter()
-            key = tuple(removed)
+            key = _point_key(method, removed)
             if key not in cache:
                 logger.info("sweep: %s n=%d removes %s", method, count, removed)
                 pruned = copy.deepcopy(loaded.model)
-                if removed:
+                if removed and "+" in method:
+                    from .compensate import compensate as fold_compensation
+                    from .plan import PrunePlan
+
+                    fold_compensation(pruned, PrunePlan(num_layers=num_layers, removed_layers=removed), compensate,
+                                      calibration_ids, measure=False, show_progress=False)
+                elif removed:
                     pruned_adapter = ModelAdapter(pruned)
                     pruned_adapter.keep_layers(pruned_adapter.check_removal(removed)[1])
                 extra = {}
@@ -424,7 +449,8 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
 
     points = [done[(method, count)] for method, count, _ in planned]
     result = {"model": loaded.description, "model_source": loaded.source, "num_layers": num_layers,
-              "methods": method_list, "n": counts, "eval": evals, "eval_seq_len": eval_seq_len,
+              "methods": list(dict.fromkeys(m for m, _, _ in planned)), "n": counts, "eval": evals,
+              "eval_seq_len": eval_seq_len,
               "max_windows": max_windows, "limit": limit, "data_dir": str(data_dir) if data_dir else None,
               "calibration": spec.describe(),
               "heal": {"steps": heal_steps, "method": heal_method} if heal_steps else None, "points": points}
@@ -442,6 +468,12 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
             raise DepthpruneError(f"the sweep was saved to {out / SWEEP_FILE} (every point) but its plot failed "
                                   f"({first})") from plot_error
     return result
+
+
+def _point_key(method: str, removed) -> tuple:
+    """What identifies a point's model: its removed layers, and the compensation folded in (``bi+linear``)."""
+    compensation = method.partition("+")[2] if removed else ""
+    return (compensation, *removed)
 
 
 def _measured(point: dict) -> dict:

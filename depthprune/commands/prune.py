@@ -35,6 +35,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--allow-first-layer", action="store_true", help="permit removing layer 0")
     parser.add_argument("--allow-single-layer", action="store_true", help="permit a plan that leaves one layer")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
+    add_compensation_arguments(parser)
     add_output_arguments(parser, required=False)
 
 
@@ -42,7 +43,7 @@ def needs(args) -> list[tuple[str, str]]:
     """Optional packages this command will need (checked before any work, also for every step of a recipe)."""
     from ..prune import prune_needs
 
-    return prune_needs(args.model, args.method, args.data, args.scores)
+    return prune_needs(args.model, args.method, args.data, args.scores, args.compensate, args.max_ppl_ratio)
 
 
 SCORING_OPTIONS = ("tokens", "keep_edges", "batch_size")
@@ -50,6 +51,14 @@ SCORING_OPTIONS = ("tokens", "keep_edges", "batch_size")
 
 def _check_options(args) -> None:
     """Refuse data and scoring options that this combination would ignore (a typo'd --data path included)."""
+    if args.compensate != "none" or args.max_ppl_ratio is not None:   # they read --data whatever chose the layers
+        check_data_options(args, True)
+        if args.layers is not None or args.scores is not None or args.method == "last":
+            how = "--layers" if args.layers is not None else "--scores" if args.scores is not None else "--method last"
+            refuse_ignored(args, ("tokens", "keep_edges"), f"with {how} (nothing is scored)")
+        elif args.method != "angular":
+            refuse_ignored(args, ("tokens",), f"with --method {args.method} (it is angular's option)")
+        return
     if args.layers is not None:
         refuse_ignored(args, ("data", *SCORING_OPTIONS, *DATA_OPTIONS[1:]),
                        "with --layers (the layers are named, nothing is scored)")
@@ -67,6 +76,30 @@ def _check_options(args) -> None:
         refuse_ignored(args, ("tokens",), f"with --method {args.method} (it is angular's option)")
 
 
+def add_compensation_arguments(parser) -> None:
+    """--compensate, and the quality gate's --max-ppl-ratio and --target-params (depthprune.compensate)."""
+    parser.add_argument("--compensate", default="none", metavar="METHOD",
+                        help="fold a training-free compensation into the weights, calibrated on --data: linear "
+                             "(ReplaceMe least squares), cosine (ReplaceMe cosine), scale (Prune&Comp), none")
+    parser.add_argument("--max-ppl-ratio", type=float, default=None, metavar="R",
+                        help="with --method, instead of --n: remove as many layers as keep calibration perplexity "
+                             "within R x dense (after --compensate), in the criterion's order")
+    parser.add_argument("--target-params", default=None, metavar="P",
+                        help="with --method, instead of --n: remove the fewest layers that leave at most P "
+                             "parameters (100M, 1.2B)")
+
+
+def print_compensation(output) -> None:
+    """One line: calibration perplexity dense, pruned and compensated, when the saved model was compensated."""
+    from ..saving import read_metadata
+
+    record = (read_metadata(output) or {}).get("compensation") or {}
+    quality = record.get("calibration_ppl") or {}
+    if quality:
+        print(f"compensated ({record['method']}): calibration perplexity dense {quality['dense']:.4g}, pruned "
+              f"{quality['pruned']:.4g} -> compensated {quality['compensated']:.4g} (in-sample)")
+
+
 def run(args) -> int:
     from ..prune import prune
 
@@ -77,10 +110,12 @@ def run(args) -> int:
                  allow_single_layer=args.allow_single_layer, dtype=args.dtype, device=args.device,
                  trust_remote_code=args.trust_remote_code, method=args.method, n=args.n, ratio=args.ratio,
                  data=data, scores=args.scores, tokens=args.tokens, keep_edges=args.keep_edges,
-                 batch_size=args.batch_size)
+                 batch_size=args.batch_size, compensate=args.compensate, max_ppl_ratio=args.max_ppl_ratio,
+                 target_params=args.target_params)
     print(plan.summary())
     if args.dry_run:
         print_json(plan.to_dict())
     else:
+        print_compensation(args.output)
         print(f"saved to {args.output}")
     return 0

@@ -29,6 +29,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--heal-method", default="lora", help="lora, full or distill")
     parser.add_argument("--heal-data", default=None, help="healing data SPEC (default: --data)")
     parser.add_argument("--scores", default=None, metavar="FILE", help="reuse a scores.json from depthprune score")
+    parser.add_argument("--compensate", default="none", metavar="METHOD",
+                        help="also evaluate each point with this compensation folded in (linear, cosine, scale), "
+                             "calibrated on --data: a second curve per criterion")
     add_data_arguments(parser, samples=16, seq_len=256)
     parser.add_argument("--no-plots", action="store_true", help="write sweep.json only, no sweep.png")
     add_output_arguments(parser)
@@ -42,7 +45,8 @@ def needs(args) -> list[tuple[str, str]]:
     from ..sweep import sweep_needs
 
     return sweep_needs(args.model, args.methods, args.eval, args.data, args.data_dir, args.heal_steps,
-                       args.heal_method, args.heal_data, args.scores, args.output, plots=not args.no_plots)
+                       args.heal_method, args.heal_data, args.scores, args.output, plots=not args.no_plots,
+                       compensate=args.compensate)
 
 
 def run(args) -> int:
@@ -55,8 +59,9 @@ def run(args) -> int:
     # With --scores the data options still describe the calibration the scores came from (a recipe passes the
     # score step's scores and the sweep step repeats its data), so only a sweep that never scores refuses them.
     scored = any(m != "last" for m in methods)
-    check_data_options(args, scored or bool(args.heal_steps and args.heal_data is None),
-                       "with --methods last (nothing is scored) and healing off or reading --heal-data")
+    check_data_options(args, scored or args.compensate != "none" or bool(args.heal_steps and args.heal_data is None),
+                       "with --methods last (nothing is scored), no --compensate and healing off or reading "
+                       "--heal-data")
     spec = data_spec_from_args(args)
     result = sweep(args.model, methods=args.methods, n=args.n, eval=args.eval, data=spec.source,
                    samples=spec.samples, seq_len=spec.seq_len, seed=spec.seed, text_field=spec.text_field,
@@ -64,7 +69,7 @@ def run(args) -> int:
                    max_windows=args.max_windows, limit=args.limit, heal_steps=args.heal_steps,
                    heal_method=args.heal_method, heal_data=args.heal_data, scores=args.scores, output=args.output,
                    force=args.force, plots=not args.no_plots, dtype=args.dtype, device=args.device,
-                   trust_remote_code=args.trust_remote_code)
+                   trust_remote_code=args.trust_remote_code, compensate=args.compensate)
     metrics = [k for k in result["points"][0] if k not in ("method", "n", "fraction", "removed_layers", "seconds")]
     print(f"{'method':<10} {'n':>3}  {'removed':<24} " + " ".join(f"{m:>16}" for m in metrics))
     from ..plan import format_layer_list
