@@ -4,7 +4,7 @@ every compensation folded in (linear least squares fitted sequentially and on th
     nice -n 5 python bench/bench_compensate.py --output bench-compensate.json      # what bench/RESULTS.md reports
 
 Calibration (scoring and compensation): --samples blocks of --seq-len tokens from the C4 slice in
-../shared/data/c4. Evaluation: WikiText-2 test token perplexity in non-overlapping windows of 256 tokens, the
+../shared/data/c4 ($DEPTHPRUNE_SHARED_DATA overrides ../shared/data). Evaluation: WikiText-2 test token perplexity in non-overlapping windows of 256 tokens, the
 first --windows windows (depthprune.evaluate.perplexity). One thread by default (the machine is shared).
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -20,8 +21,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
-C4 = SHARED / "c4" / "c4_validation_2k.jsonl"
+SHARED = Path(os.environ.get("DEPTHPRUNE_SHARED_DATA", REPO.parent / "shared" / "data"))
 # name -> (registry method, config options); linear-dense fits every gap on the dense model
 VARIANTS = {"linear": ("linear", {}), "linear-dense": ("linear", {"fit": "dense"}), "cosine": ("cosine", {}),
             "scale": ("scale", {})}
@@ -51,7 +51,7 @@ def main() -> int:
 
     loaded = depthprune.load_model("smollm2-135m")
     model, tokenizer = loaded.model, loaded.tokenizer
-    spec = DataSpec(source=str(C4), samples=args.samples, seq_len=args.seq_len)
+    spec = DataSpec(source=str(SHARED / "c4" / "c4_validation_2k.jsonl"), samples=args.samples, seq_len=args.seq_len)
     ids = calibration_blocks(spec, tokenizer, model=model)
     text = load_ppl_text("wikitext2", SHARED)
 
