@@ -88,7 +88,7 @@ def test_unknown_metric_lists_valid_names_and_suggests_the_closest():
         parse_metrics("anglar,bi")
     with pytest.raises(DepthpruneError, match="listed twice"):
         parse_metrics("bi,bi")
-    with pytest.raises(DepthpruneError, match="--tokens"):
+    with pytest.raises(DepthpruneError, match="--token-positions"):
         make_configs("angular", tokens="first")
 
 

@@ -56,7 +56,7 @@ class AngularConfig(ScorerConfig):
 
     def __post_init__(self):
         if self.tokens not in TOKEN_MODES:
-            raise DepthpruneError(f"unknown --tokens {self.tokens!r}; use one of {', '.join(TOKEN_MODES)}")
+            raise DepthpruneError(f"unknown --token-positions {self.tokens!r}; use one of {', '.join(TOKEN_MODES)}")
 
 
 class AngularScorer(Scorer):
