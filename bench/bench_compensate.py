@@ -46,7 +46,7 @@ def main() -> int:
     from depthprune.evaluate.perplexity import load_ppl_text, token_perplexity
     from depthprune.plan import PrunePlan, format_layer_list
     from depthprune.prune import apply_plan
-    from depthprune.scoring.api import score
+    from depthprune.scoring.scores import score
     from depthprune.selection import select_layers
 
     loaded = depthprune.load_model("smollm2-135m")

@@ -67,9 +67,14 @@ def prune_needs(model, method: str | None = None, data=None, scores=None, compen
     from .extras import data_needs, model_needs
 
     needs = model_needs(model)
-    reads_data = compensate not in (None, "none") or max_ppl_ratio is not None
-    if reads_data or (method not in (None, "last", "magnitude") and scores is None):
+    reads_data = compensate not in (None, "none") or max_ppl_ratio is not None   # compensation, the quality gate
+    if reads_data:
         needs += data_needs(data)
+    elif method is not None and scores is None:
+        from .selection import check_method
+
+        if check_method(method).needs_data:
+            needs += data_needs(data)
     return needs
 
 
@@ -77,9 +82,10 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
           force: bool = False, dry_run: bool = False, allow_final_layer: bool = False, allow_first_layer: bool = False,
           allow_single_layer: bool = False, dtype="auto", device="cpu",
           trust_remote_code: bool = False, method: str | None = None, n: int | None = None,
-          ratio: float | None = None, data=None, scores: str | Path | dict | None = None, tokens: str = "last",
+          ratio: float | None = None, data=None, scores: str | Path | dict | None = None, token_positions: str = "last",
           keep_edges: bool | None = None, batch_size: int = 8, compensate: str = "none",
-          max_ppl_ratio: float | None = None, target_params: int | str | None = None) -> PrunePlan:
+          max_ppl_ratio: float | None = None, target_params: int | str | None = None,
+          **criterion_options) -> PrunePlan:
     """Remove layers and save an ordinary checkpoint (``depthprune prune MODEL --layers ...`` or ``--method ...``).
 
     Args:
@@ -91,19 +97,20 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
         allow_final_layer: permit removing the last layer.
         allow_first_layer: permit removing layer 0.
         allow_single_layer: permit a plan that leaves one layer.
-        method: choose the layers by a criterion: angular (best block), bi, ppl, taylor, magnitude (the n least
-            important), sleb (iterative), last (layers L-n-1 .. L-2).
+        method: choose the layers by a registered criterion: angular (best block), bi, ppl, taylor, magnitude (the
+            n least important), sleb (iterative), last (layers L-n-1 .. L-2), or any registered since.
         n: layers to remove with ``method``; or ``ratio``, a fraction of the layers.
         data: calibration data (a :class:`~depthprune.DataSpec` or source string) for criteria that need it, for
             compensation and for the quality gate.
         scores: a ``scores.json`` (path or dict) from ``depthprune score`` to reuse instead of scoring again.
-        tokens, keep_edges, batch_size: scoring options (see :func:`depthprune.scoring.score`).
+        token_positions, keep_edges, batch_size: scoring options (see :func:`depthprune.scoring.score`).
         compensate: fold a training-free compensation into the weights, calibrated on ``data``: linear, cosine,
             scale or none (see :mod:`depthprune.compensate`).
         max_ppl_ratio: instead of ``n``: remove as many layers, in the criterion's order, as keep the calibration
             perplexity within this times the dense model's (after compensation; see :mod:`depthprune.quality_gate`).
         target_params: instead of ``n``: remove the fewest layers that leave at most this many parameters
             (``"100M"``); with ``max_ppl_ratio`` that count must also pass it.
+        criterion_options: the options of further registered criteria, by name (as ``token_positions``).
 
     Returns:
         The executed (or, with ``dry_run``, proposed) plan.
@@ -121,8 +128,12 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
     if layers is not None and ((data is not None and not reads_data) or keep_edges is not None):
         raise DepthpruneError("--data and --keep-edges would be ignored with --layers (the layers are named, nothing "
                               "is scored); drop them")
-    if method is not None and data is not None and not reads_data and (scores is not None
-                                                                        or method in ("last", "magnitude")):
+    entry = None
+    if method is not None:
+        from .selection import check_method
+
+        entry = check_method(method)
+    if entry is not None and data is not None and not reads_data and (scores is not None or not entry.needs_data):
         why = "with --scores (the scores are reused)" if scores is not None else f"with --method {method} (it reads " \
               "no data)"
         raise DepthpruneError(f"--data would be ignored {why}; drop it")
@@ -137,13 +148,9 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
 
     require_all(prune_needs(model, method, data, scores, compensate, max_ppl_ratio))   # before loading anything
     scores_data = read_scores(scores) if scores is not None else None
-    if method is not None:
-        from .selection import check_method
-
-        check_method(method)
-        if method not in ("last", "magnitude") and scores_data is None and data is None:
-            raise DepthpruneError(f"method {method!r} needs calibration data; pass --data SPEC (e.g. builtin or a "
-                                  ".txt file) or reuse a scores.json with --scores")
+    if entry is not None and entry.needs_data and scores_data is None and data is None:
+        raise DepthpruneError(f"method {method!r} needs calibration data; pass --data SPEC (e.g. builtin or a .txt "
+                              "file) or reuse a scores.json with --scores")
     allow = {"allow_final_layer": allow_final_layer, "allow_first_layer": allow_first_layer,
              "allow_single_layer": allow_single_layer}
     loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device,
@@ -159,7 +166,8 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
     else:
         gate = _quality_gate(loaded, calibration_ids, max_ppl_ratio, target_params, compensate, batch_size,
                              allow) if gated else None
-        plan, all_scores = _plan_by_criterion(loaded, adapter, method, n, ratio, data, scores_data, tokens,
+        options = {"token_positions": token_positions, **criterion_options}
+        plan, all_scores = _plan_by_criterion(loaded, adapter, entry, n, ratio, data, scores_data, options,
                                               keep_edges, batch_size, allow, device, calibration_ids, gate)
         if scores is not None and not isinstance(scores, dict):
             plan.settings["scores_file"] = str(scores)
@@ -232,7 +240,7 @@ def check_scores_model(scores: dict, loaded: LoadedModel) -> None:
                               f"another name, set \"model\" in the scores file to {loaded.description!r}")
 
 
-def _plan_by_criterion(loaded, adapter, method, n, ratio, data, scores_data, tokens, keep_edges, batch_size,
+def _plan_by_criterion(loaded, adapter, entry, n, ratio, data, scores_data, options: dict, keep_edges, batch_size,
                        allow: dict, device, input_ids=None, gate=None) -> tuple[PrunePlan, dict | None]:
     """The plan of a criterion for ``n`` (or ``ratio``) layers; ``gate(select)`` chooses the count instead.
 
@@ -240,6 +248,7 @@ def _plan_by_criterion(loaded, adapter, method, n, ratio, data, scores_data, tok
     """
     from .selection import resolve_count, select_layers
 
+    method = entry.name
     num_layers = adapter.num_layers
     count = resolve_count(num_layers, n, ratio) if gate is None else None
     if scores_data is not None:
@@ -248,16 +257,18 @@ def _plan_by_criterion(loaded, adapter, method, n, ratio, data, scores_data, tok
                                   f"{num_layers}; score this model (depthprune score) or drop --scores")
         check_scores_model(scores_data, loaded)
         all_scores = scores_data
-    elif method == "last":
+    elif not entry.scored:
         all_scores = {"num_layers": num_layers}
     else:
         from .data import DataSpec, calibration_blocks
         from .loading import require_tokenizer
         from .scoring import make_configs, score_model
 
-        configs = make_configs(method, tokens=tokens, keep_edges=keep_edges, sleb_n=count)
+        if entry.count_option is not None:      # an iterative order must reach the n asked for
+            options = {**options, entry.count_option: count}
+        configs = make_configs(method, keep_edges=keep_edges, **options)
         spec = DataSpec(source=data) if isinstance(data, str) else data
-        if method == "magnitude":
+        if not entry.needs_data:
             input_ids = None
         elif input_ids is None:
             input_ids = calibration_blocks(spec, require_tokenizer(loaded), model=loaded.model)
@@ -280,4 +291,4 @@ def _plan_by_criterion(loaded, adapter, method, n, ratio, data, scores_data, tok
         settings["quality_gate"] = gate_record
     plan = PrunePlan(num_layers=num_layers, removed_layers=removed, method=method, scores=evidence,
                      settings=settings)
-    return plan, (all_scores if method != "last" else None)
+    return plan, (all_scores if entry.scored else None)

@@ -213,9 +213,12 @@ def check_gate_options(layers, method, n, ratio, data, compensate, max_ppl_ratio
         raise DepthpruneError(f"{gate_flags} choose the count in a criterion's order; use --method, not --layers")
     if gated and (n is not None or ratio is not None):
         raise DepthpruneError(f"{gate_flags} choose the count; drop --n/--ratio")
-    if gated and method == "sleb":
-        raise DepthpruneError(f"{gate_flags} with --method sleb: SLEB's order is scored for one --n; give --n, or "
-                              "use another criterion")
+    if gated and method is not None:
+        from .selection import check_method
+
+        if check_method(method).count_option is not None:
+            raise DepthpruneError(f"{gate_flags} with --method {method}: its removal order is scored for one --n "
+                                  "(SLEB's order); give --n, or use another criterion")
     if max_ppl_ratio is not None:
         if not max_ppl_ratio > 0:     # below 1 asks the pruned model to beat the dense one: allowed, rarely met
             raise DepthpruneError(f"--max-ppl-ratio must be positive, a multiple of the dense perplexity (got "

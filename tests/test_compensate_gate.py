@@ -133,7 +133,7 @@ def test_compensated_prune_reloads_with_plain_transformers(checkpoint, tiny_toke
     (["--layers", "2", "--compensate", "scale", "--dry-run", *DATA], "would be ignored with --dry-run"),
     (["--layers", "2", "--max-ppl-ratio", "2", *DATA], "use --method, not --layers"),
     (["--method", "bi", "--n", "2", "--max-ppl-ratio", "2", *DATA], "drop --n/--ratio"),
-    (["--method", "sleb", "--max-ppl-ratio", "2", *DATA], "SLEB's order"),
+    (["--method", "sleb", "--max-ppl-ratio", "2", *DATA], "(SLEB's order)"),
     (["--method", "bi", "--max-ppl-ratio", "0", *DATA], "must be positive"),
     (["--method", "bi", "--max-ppl-ratio", "2"], "measures calibration perplexity"),
     (["--layers", "2", "--compensate", "linear", "--keep-edges", *DATA], "--keep-edges would be ignored"),
