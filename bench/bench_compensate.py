@@ -1,5 +1,5 @@
 """Training-free compensation benchmark: SmolLM2-135M with 8 of 30 layers removed by each criterion, plain and with
-every compensation folded in (linear least squares fitted sequentially and on the dense model, cosine, scale).
+every compensation folded in (linear least squares fitted on the dense model and sequentially, cosine, scale).
 
     nice -n 5 python bench/bench_compensate.py --output bench-compensate.json      # what bench/RESULTS.md reports
 
@@ -22,9 +22,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DEPTHPRUNE_SHARED_DATA", REPO.parent / "shared" / "data"))
-# name -> (registry method, config options); linear-dense fits every gap on the dense model
-VARIANTS = {"linear": ("linear", {}), "linear-dense": ("linear", {"fit": "dense"}), "cosine": ("cosine", {}),
-            "scale": ("scale", {})}
+# name -> (registry method, config options); the column names of bench/RESULTS.md
+VARIANTS = {"linear-sequential": ("linear", {"fit": "sequential"}), "linear-dense": ("linear", {"fit": "dense"}),
+            "cosine": ("cosine", {"fit": "sequential"}), "scale": ("scale", {"fit": "sequential"})}
 
 
 def main() -> int:

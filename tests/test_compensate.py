@@ -170,9 +170,9 @@ def test_several_gaps_sequential_fit_uses_the_compensated_model_and_differs_from
     model = tiny_model("llama", num_layers=6)
     plan = _plan(6, [1, 3, 4])
     sequential, dense = copy.deepcopy(model), copy.deepcopy(model)
-    record = compensate(sequential, plan, "linear", _ids(), measure=False, show_progress=False)
-    dense_record = compensate(dense, plan, "linear", _ids(), config=LinearConfig(fit="dense"), measure=False,
-                              show_progress=False)
+    record = compensate(sequential, plan, "linear", _ids(), config=LinearConfig(fit="sequential"), measure=False,
+                        show_progress=False)
+    dense_record = compensate(dense, plan, "linear", _ids(), measure=False, show_progress=False)   # the default
     assert [g["fitted_on"] for g in record["gaps"]] == ["dense model", "pruned model, earlier gaps compensated"]
     assert [g["fitted_on"] for g in dense_record["gaps"]] == ["dense model", "dense model"]
     assert [g["folded_into"] for g in record["gaps"]] == [["model.layers.0.mlp.down_proj"],
