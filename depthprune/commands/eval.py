@@ -1,10 +1,11 @@
-"""Evaluate a model: token perplexity, zero-/few-shot multiple choice scored as lm-evaluation-harness does, speed.
+"""Evaluate a model: token perplexity, zero-/few-shot tasks scored by lm-evaluation-harness itself, speed.
 
 Writes OUTPUT/results.json and OUTPUT/results.md and prints the table. Offline data (--data-dir) uses one folder
 per task in the original release formats, as ../shared/data: wikitext2/wiki.test.raw, ptb/ptb.test.txt,
 c4/*.jsonl, boolq/val.jsonl, piqa/valid.jsonl + valid-labels.lst, hellaswag/, winogrande/dev.jsonl +
 dev-labels.lst, arc_easy/ARC-Easy-Test.jsonl, arc_challenge/ARC-Challenge-Test.jsonl, openbookqa/test.tsv,
-mmlu/{dev,test}/*.csv.
+mmlu/{dev,test}/*.csv. Any other lm-eval task runs by name with the data lm-eval loads itself (Hugging Face cache
+or hub).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from .common import (add_common_arguments, add_model_arguments, add_output_arguments, non_negative_int, positive_int,
                      refuse_ignored)
 
-HELP = "evaluate perplexity, lm-eval-style multiple choice and speed"
+HELP = "evaluate perplexity, lm-eval tasks and speed"
 
 
 def _batch_sizes(text: str) -> list[int]:
@@ -34,14 +35,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seq-len", default="2048", help="perplexity window length(s), e.g. 128,2048")
     parser.add_argument("--ppl-max-windows", type=positive_int, default=None, help="score only the first N windows")
     parser.add_argument("--tasks", default=None, metavar="NAMES",
-                        help="boolq,piqa,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa,mmlu")
+                        help="lm-eval tasks, scored by lm-eval: boolq,piqa,hellaswag,winogrande,arc_easy,arc_challenge,"
+                             "openbookqa,mmlu read from --data-dir; any other lm-eval task, group or tag by name")
     parser.add_argument("--num-fewshot", type=non_negative_int, default=None,
-                        help="examples per prompt (default: each task's own; MMLU 5, others 0)")
+                        help="examples per prompt (default: MMLU 5, others lm-eval's own, mostly 0)")
     parser.add_argument("--limit", type=positive_int, default=None,
                         help="only the first N items per task (per MMLU subject)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="sequences per forward pass for tasks")
-    parser.add_argument("--backend", default="local", choices=("local", "lm-eval"),
-                        help="local: offline evaluator; lm-eval: the harness itself on the same model wrapper")
     parser.add_argument("--data-dir", default=None, help="offline data folder (e.g. ../shared/data)")
     parser.add_argument("--speed", action="store_true", help="time prefill and KV-cached decode")
     parser.add_argument("--compare", default=None, metavar="BASE",
@@ -57,11 +57,11 @@ def needs(args) -> list[tuple[str, str]]:
     """Optional packages this command will need (checked before any work, also for every step of a recipe)."""
     from ..evaluate.runner import eval_needs
 
-    return eval_needs(args.model, args.ppl, args.tasks, args.data_dir, args.backend, args.compare)
+    return eval_needs(args.model, args.ppl, args.tasks, args.data_dir, args.compare)
 
 
 SPEED_OPTIONS = ("speed_batch_sizes", "speed_prompt_len", "speed_new_tokens", "speed_repeats")
-TASK_OPTIONS = ("num_fewshot", "limit", "batch_size", "backend")
+TASK_OPTIONS = ("num_fewshot", "limit", "batch_size")
 PPL_OPTIONS = ("seq_len", "ppl_max_windows")
 
 
@@ -86,7 +86,7 @@ def run(args) -> int:
     results = evaluate(args.model, ppl=args.ppl, seq_len=args.seq_len, tasks=args.tasks,
                        num_fewshot=args.num_fewshot, limit=args.limit, speed=args.speed, compare=args.compare,
                        data_dir=args.data_dir, batch_size=args.batch_size, ppl_max_windows=args.ppl_max_windows,
-                       backend=args.backend, speed_batch_sizes=_batch_sizes(args.speed_batch_sizes),
+                       speed_batch_sizes=_batch_sizes(args.speed_batch_sizes),
                        speed_prompt_len=args.speed_prompt_len, speed_new_tokens=args.speed_new_tokens,
                        speed_repeats=args.speed_repeats, dtype=args.dtype, device=args.device,
                        trust_remote_code=args.trust_remote_code)
