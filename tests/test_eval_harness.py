@@ -71,8 +71,8 @@ OBQA_HF = [{"id": "7-980", "question_stem": "The sun is responsible for", "answe
                                  "plants sprouting, blooming and wilting"], "label": ["A", "B", "C", "D"]}}]
 MMLU_DEV = [{"question": f"Dev question {i}?", "subject": "astronomy", "choices": [f"a{i}", f"b{i}", f"c{i}", f"d{i}"],
              "answer": i % 4} for i in range(6)]
-MMLU_TEST = [{"question": "What orbits the Sun?", "subject": "astronomy", "choices": ["Earth", "the Moon", "Io", "Europa"],
-              "answer": 0},
+MMLU_TEST = [{"question": "What orbits the Sun?", "subject": "astronomy",
+              "choices": ["Earth", "the Moon", "Io", "Europa"], "answer": 0},
              {"question": "Second?", "subject": "astronomy", "choices": ["w", "x", "y", "z"], "answer": 2},
              {"question": "Third?", "subject": "astronomy", "choices": ["p", "q", "r", "s"], "answer": 3}]
 
@@ -183,8 +183,9 @@ def test_acc_and_acc_norm_equal_the_models_own_forward(model, tokenizer, tmp_pat
         {"id": "1", "question": {"stem": "Pick one", "choices": [{"text": "alpha", "label": "A"},
                                                                  {"text": "beta gamma", "label": "B"}]},
          "answerKey": "A"},
-        {"id": "2", "question": {"stem": "And now?", "choices": [{"text": "x", "label": "A"}, {"text": "yy", "label": "B"},
-                                                                 {"text": "zzz", "label": "C"}]}, "answerKey": "C"},
+        {"id": "2", "question": {"stem": "And now?", "choices": [
+            {"text": "x", "label": "A"}, {"text": "yy", "label": "B"}, {"text": "zzz", "label": "C"}]},
+         "answerKey": "C"},
         {"id": "3", "question": {"stem": "Last one", "choices": [{"text": "the end", "label": "A"},
                                                                 {"text": "a start", "label": "B"}]}, "answerKey": "B"}])
     results, _ = run_tasks(model, tokenizer, build_tasks(["arc_easy"], tmp_path), batch_size=3)
@@ -197,7 +198,8 @@ def test_acc_and_acc_norm_equal_the_models_own_forward(model, tokenizer, tmp_pat
         hits["acc_norm"] += max(range(len(normed)), key=lambda i: (normed[i], -i)) == gold
     arc = results["arc_easy"]
     assert arc["acc"] == pytest.approx(hits["acc"] / 3) and arc["acc_norm"] == pytest.approx(hits["acc_norm"] / 3)
-    assert arc["n"] == 3 and arc["num_fewshot"] == 0 and arc["split"] == "test" and arc["data"] == "--data-dir arc_easy/"
+    assert arc["n"] == 3 and arc["num_fewshot"] == 0 and arc["split"] == "test"
+    assert arc["data"] == "--data-dir arc_easy/"
 
 
 def test_limit_counts_per_task_and_lm_eval_s_progress_bar_shows(model, tokenizer, tmp_path, no_network, capsys):
@@ -209,7 +211,8 @@ def test_limit_counts_per_task_and_lm_eval_s_progress_bar_shows(model, tokenizer
 
 
 def test_mmlu_group_is_five_shot_with_one_aggregate_and_limit_per_subject(model, tokenizer, tmp_path, no_network):
-    subjects = sorted(path.stem.removeprefix("mmlu_") for path in (LM_EVAL_TASKS / "mmlu" / "default").glob("mmlu_*.yaml"))
+    subjects = sorted(path.stem.removeprefix("mmlu_")
+                      for path in (LM_EVAL_TASKS / "mmlu" / "default").glob("mmlu_*.yaml"))
     assert len(subjects) == 57
     for subject in subjects:
         for split, records in (("dev", MMLU_DEV), ("test", MMLU_TEST)):
@@ -289,7 +292,8 @@ def test_the_tail_logits_subclass_scores_exactly_as_hflm(model, tokenizer, bos):
         ("", "An empty context."),
         ("x", " y"), (long_context, " and then ends."), (long_context, " the"), (long_context, " a"),
         ("<s>Already starts with BOS.", " Then more."),
-        ("one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen", " sixteen")])  # cut left
+        ("one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen",   # cut left
+         " sixteen")])
     rolling = _instances("loglikelihood_rolling", [
         ("A rolling text that needs several windows of sixteen tokens to be scored completely, end to end.",),
         ("Short.",)])

@@ -117,7 +117,8 @@ def test_openbookqa_tsv(tmp_path):
 
 
 def test_mmlu_reads_one_subject_with_its_dev_split(tmp_path):
-    _write(tmp_path / "mmlu" / "dev" / "astronomy_dev.csv", "".join(f"D{i},a,b,c,d,{'ABCD'[i % 4]}\n" for i in range(5)))
+    _write(tmp_path / "mmlu" / "dev" / "astronomy_dev.csv",
+           "".join(f"D{i},a,b,c,d,{'ABCD'[i % 4]}\n" for i in range(5)))
     _write(tmp_path / "mmlu" / "test" / "astronomy_test.csv",
            '"What orbits, as a rule, the Sun?\n",Earth,"the Moon, mostly",Io,Europa,A\n' 'Second?,w,x,y,z,C\n')
     splits = TASKS["mmlu"].records(tmp_path, "astronomy")
