@@ -21,6 +21,7 @@ import inspect
 from pathlib import Path
 
 from .collapse import collapse as _collapse
+from .filesurgery.export import export_gguf as _export
 from .heal.api import heal as _heal
 from .info import info as _info
 from .loading import load_model
@@ -31,8 +32,8 @@ from .runtime import set_threads
 from .scoring.api import score as _score
 from .sweep import sweep as _sweep
 
-__all__ = ["collapse", "evaluate", "heal", "info", "load_model", "load_recipe", "prune", "report", "run", "score",
-           "sweep"]
+__all__ = ["collapse", "evaluate", "export", "heal", "info", "load_model", "load_recipe", "prune", "report", "run",
+           "score", "sweep"]
 
 
 def _with_threads(function):
@@ -54,6 +55,7 @@ def _with_threads(function):
 
 
 collapse = _with_threads(_collapse)
+export = _with_threads(_export)
 heal = _with_threads(_heal)
 info = _with_threads(_info)
 prune = _with_threads(_prune)

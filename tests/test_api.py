@@ -17,7 +17,7 @@ PROCESS_ONLY = {"help", "verbose", "json", "no_progress", "no_plots", "no_plot",
 # option dest -> API parameter where the names differ for a reason
 RENAMED = {"plots": "plots", "run_dirs": "run_dirs"}
 API_OF_VERB = {"info": api.info, "prune": api.prune, "score": api.score, "collapse": api.collapse,
-               "heal": api.heal, "sweep": api.sweep, "report": api.report, "run": api.run}
+               "heal": api.heal, "sweep": api.sweep, "report": api.report, "run": api.run, "export": api.export}
 
 
 def _dests(verb: str) -> set[str]:

@@ -35,6 +35,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--allow-first-layer", action="store_true", help="permit removing layer 0")
     parser.add_argument("--allow-single-layer", action="store_true", help="permit a plan that leaves one layer")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
+    parser.add_argument("--format", choices=["safetensors", "gguf"], default=None,
+                        help="safetensors (a checkpoint folder) or gguf (one file, made from a GGUF source with its "
+                             "quantisation kept); default: gguf when --output ends in .gguf")
+    parser.add_argument("--surgery", choices=["auto", "file", "memory"], default="auto",
+                        help="auto: copy the kept tensors at the file level when the layers are known without the "
+                             "weights and the source allows it (it says so); file: insist; memory: load the model")
     add_output_arguments(parser, required=False)
 
 
@@ -77,7 +83,7 @@ def run(args) -> int:
                  allow_single_layer=args.allow_single_layer, dtype=args.dtype, device=args.device,
                  trust_remote_code=args.trust_remote_code, method=args.method, n=args.n, ratio=args.ratio,
                  data=data, scores=args.scores, tokens=args.tokens, keep_edges=args.keep_edges,
-                 batch_size=args.batch_size)
+                 batch_size=args.batch_size, format=args.format, surgery=args.surgery)
     print(plan.summary())
     if args.dry_run:
         print_json(plan.to_dict())
