@@ -46,14 +46,15 @@ def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
-def write_synthetic(folder: Path, layers: int, layers_per_shard: int) -> int:
-    """A Llama-2-13B-shaped bf16 checkpoint with ``layers`` layers, written shard by shard; returns its bytes."""
+def write_synthetic(folder: Path, layers: int, layers_per_shard: int, hidden: int = 5120, ffn: int = 13824,
+                    vocab: int = 32000) -> int:
+    """A Llama-2-13B-shaped (by default) bf16 checkpoint with ``layers`` layers, written shard by shard; returns its bytes."""
     import torch
     from safetensors.torch import save_file
     from transformers import LlamaConfig
 
-    config = LlamaConfig(hidden_size=5120, intermediate_size=13824, num_attention_heads=40, num_key_value_heads=40,
-                         num_hidden_layers=layers, vocab_size=32000, max_position_embeddings=4096,
+    config = LlamaConfig(hidden_size=hidden, intermediate_size=ffn, num_attention_heads=40, num_key_value_heads=40,
+                         num_hidden_layers=layers, vocab_size=vocab, max_position_embeddings=4096,
                          tie_word_embeddings=False, dtype="bfloat16")
     folder.mkdir(parents=True)
     config.save_pretrained(folder)
@@ -100,12 +101,13 @@ def synthetic(args) -> dict:
     free = shutil.disk_usage(folder.parent if not folder.exists() else folder).free
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     print(f"free disk: {free / 2**30:.1f} GiB; RAM: {memory / 2**30:.1f} GiB", flush=True)
-    need = 2.6 * 317.2e6 * args.layers * 2
+    per_layer = 4 * args.hidden**2 + 3 * args.hidden * args.ffn
+    need = 1.9 * 2 * (per_layer * args.layers + 2 * args.vocab * args.hidden)    # source + output, bf16
     if free < need:
         sys.exit(f"not enough disk: {free / 2**30:.1f} GiB free, ~{need / 2**30:.0f} GiB needed")
     try:
         started = time.perf_counter()
-        source_bytes = write_synthetic(source, args.layers, args.layers_per_shard)
+        source_bytes = write_synthetic(source, args.layers, args.layers_per_shard, args.hidden, args.ffn, args.vocab)
         generated = time.perf_counter() - started
         removed = f"{args.layers - args.remove - 1}-{args.layers - 2}"
         prune = timed([PYTHON, "-m", "depthprune", "prune", str(source), "--layers", removed, "--surgery", "file",
@@ -175,6 +177,9 @@ def main() -> None:
     one.add_argument("--layers", type=int, default=44)
     one.add_argument("--remove", type=int, default=11, help="layers removed (default 11 of 44 = 25%%)")
     one.add_argument("--layers-per-shard", type=int, default=4)
+    one.add_argument("--hidden", type=int, default=5120)
+    one.add_argument("--ffn", type=int, default=13824)
+    one.add_argument("--vocab", type=int, default=32000)
     two = sub.add_parser("smollm2")
     two.add_argument("--folder", default="/tmp/fs-bench-smollm2")
     two.add_argument("--repeats", type=int, default=3)

@@ -331,3 +331,27 @@ def test_export_copies_unchanged_tensors_and_requantises_changed_ones(tiny_gguf,
         expected = model(ids).logits
     assert torch.allclose(gguf_logits(out, ids), expected, atol=0.05)
     assert (tmp_path / "pruned" / "depthprune.json").is_file()
+
+
+def test_export_refuses_what_it_cannot_place(tiny_gguf, tmp_path, capsys):
+    folder = tmp_path / "hf"
+    tiny_case_model("llama", num_layers=4).save_pretrained(folder)     # not made from a GGUF
+    assert main(["export", str(folder), "--to-gguf", str(tmp_path / "a.gguf")]) == 2
+    assert "--source SRC.gguf" in capsys.readouterr().err
+    assert main(["export", str(folder), "--to-gguf", str(tmp_path / "a.gguf"), "--source", str(tiny_gguf)]) == 2
+    assert "do not come from tiny.gguf" in capsys.readouterr().err      # 4 layers, not from a 6-block file
+    assert main(["export", str(tmp_path / "missing"), "--to-gguf", str(tmp_path / "a.gguf")]) == 2
+    assert "not a checkpoint folder" in capsys.readouterr().err
+    assert not (tmp_path / "a.gguf").exists()
+
+
+def test_export_of_an_unchanged_prune_is_the_file_level_prune(tiny_gguf, tmp_path):
+    from gguf import GGUFReader
+
+    api.prune(str(tiny_gguf), layers=REMOVED, output=tmp_path / "pruned", surgery="memory")
+    report = api.export(str(tmp_path / "pruned"), to_gguf=tmp_path / "exported.gguf")   # source from depthprune.json
+    api.prune(str(tiny_gguf), layers=REMOVED, output=tmp_path / "direct.gguf")
+    assert report["quantised"] == {} and report["fallback"] == {}
+    exported = {t.name: t.data.tobytes() for t in GGUFReader(tmp_path / "exported.gguf").tensors}
+    direct = {t.name: t.data.tobytes() for t in GGUFReader(tmp_path / "direct.gguf").tensors}
+    assert exported == direct

@@ -13,6 +13,7 @@ row permutation, and refused for the others.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -109,8 +110,6 @@ def export_gguf(model: str | Path, to_gguf: str | Path, source: str | Path | Non
     if not source_path.is_file():
         raise DepthpruneError(f"GGUF source {source_path} does not exist; check --source")
     gguf = GgufModel.open(source_path)
-    import json
-
     config = json.loads((model_dir / "config.json").read_text())
     kept = _kept_layers(metadata, config, gguf)
     replacements, report = _changed_tensors(model_dir, gguf, kept)
@@ -136,9 +135,8 @@ def _kept_layers(metadata: dict | None, config: dict, gguf) -> list[int]:
     spec = architecture_table().get(model_type)
     count_key = spec.num_layers_key if spec else "num_hidden_layers"
     count = config.get(count_key, config.get("text_config", {}).get(count_key))
-    if kept is None:
-        kept = list(range(count if isinstance(count, int) else gguf.num_layers))
-        original = gguf.num_layers
+    if kept is None:             # not pruned by depthprune: the model has every block of its source
+        kept, original = list(range(gguf.num_layers)), gguf.num_layers
     if original != gguf.num_layers or len(kept) != count:
         raise DepthpruneError(f"the model's layers ({count}, from {original} original layers) do not come from "
                               f"{gguf.path.name}, which has {gguf.num_layers} blocks; pass the GGUF the model was made "
@@ -146,17 +144,12 @@ def _kept_layers(metadata: dict | None, config: dict, gguf) -> list[int]:
     return list(kept)
 
 
-def _changed_tensors(model_dir: Path, gguf, kept: list[int]):
-    """New GGUF tensor name -> (data, type) for every tensor whose values differ from the source's."""
+def _transformers_view(gguf):
+    """How transformers reads ``gguf``: its tensor processor, that processor's inverse and GGUF -> HF tensor names."""
     import torch
-    from gguf import GGMLQuantizationType, dequantize, quantize
-    from safetensors import safe_open
-    from tqdm.auto import tqdm
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.modeling_gguf_pytorch_utils import (TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map,
                                                           load_gguf_checkpoint)
-
-    from .gguf_files import BLOCK_NAME
 
     parsed = load_gguf_checkpoint(str(gguf.path), return_tensors=False)
     source_config = AutoConfig.from_pretrained(str(gguf.path.parent), gguf_file=gguf.path.name)
@@ -164,49 +157,25 @@ def _changed_tensors(model_dir: Path, gguf, kept: list[int]):
         source_skeleton = AutoModelForCausalLM.from_config(source_config)
     processor = TENSOR_PROCESSORS.get(gguf.arch, TensorProcessor)(config=parsed["config"])
     inverse = _inverse_processor(processor, parsed["config"], gguf.path)
-    gguf_to_hf = get_gguf_hf_weights_map(source_skeleton, processor)
-    hf_files = _hf_tensor_names(model_dir)
-    layers_prefix = "model.layers."   # the GGUF-readable architectures' layers in transformers
-    new_index = {old: new for new, old in enumerate(kept)}
-    replacements, report = {}, {"copied": 0, "quantised": {}, "fallback": {}}
-    handles, used = {}, set()
-    try:
-        for tensor in tqdm(gguf.reader.tensors, desc="comparing tensors with the source", unit="tensor"):
-            match = BLOCK_NAME.match(tensor.name)
-            if match is not None and int(match[1]) not in new_index:
-                continue
-            new_name = f"blk.{new_index[int(match[1])]}.{match[2]}" if match else tensor.name
-            hf_source_name = gguf_to_hf.get(tensor.name)
-            if hf_source_name is None:
-                report["copied"] += 1     # not a transformers parameter (e.g. rope_freqs): nothing to change
-                continue
-            hf_name = hf_source_name
-            if match is not None:
-                old, new = f"{layers_prefix}{match[1]}.", f"{layers_prefix}{new_index[int(match[1])]}."
-                hf_name = hf_source_name.replace(old, new, 1)
-            if hf_name not in hf_files:
-                raise DepthpruneError(f"{model_dir} has no tensor {hf_name} for {tensor.name}; it is not a model "
-                                      f"made from {gguf.path.name}")
-            if hf_files[hf_name] not in handles:
-                handles[hf_files[hf_name]] = safe_open(hf_files[hf_name], framework="pt")
-            values = handles[hf_files[hf_name]].get_tensor(hf_name)
-            used.add(hf_name)
-            read = processor.process(weights=dequantize(tensor.data, tensor.tensor_type), name=tensor.name,
-                                     tensor_key_mapping=gguf_to_hf, parsed_parameters=parsed).weights
-            read = torch.from_numpy(np.array(read, dtype=np.float32)).to(values.dtype)   # a writable copy
-            if read.shape == values.shape and torch.equal(read, values):
-                report["copied"] += 1
-                continue
-            kind = tensor.tensor_type
-            if kind.name not in QUANTISABLE:
-                report["fallback"][kind.name] = report["fallback"].get(kind.name, 0) + 1
-                kind = GGMLQuantizationType[FALLBACK]
-            else:
-                report["quantised"][kind.name] = report["quantised"].get(kind.name, 0) + 1
-            gguf_values = inverse(tensor.name, values.float().numpy())
-            replacements[new_name] = (quantize(np.ascontiguousarray(gguf_values, dtype=np.float32), kind), kind)
-    finally:
-        handles.clear()
+    return parsed, processor, inverse, get_gguf_hf_weights_map(source_skeleton, processor)
+
+
+def _target_type(kind, report: dict):
+    """The type a changed tensor of source type ``kind`` is written in (counted in ``report``)."""
+    from gguf import GGMLQuantizationType
+
+    if kind.name in QUANTISABLE:
+        report["quantised"][kind.name] = report["quantised"].get(kind.name, 0) + 1
+        return kind
+    report["fallback"][kind.name] = report["fallback"].get(kind.name, 0) + 1
+    return GGMLQuantizationType[FALLBACK]
+
+
+def _check_all_placed(model_dir: Path, gguf, hf_files: dict, used: set) -> None:
+    """Refuse a model holding tensors the GGUF has no place for (their changes would be lost silently)."""
+    import torch
+    from safetensors import safe_open
+
     unplaced = sorted(set(hf_files) - used)
     if unplaced == ["lm_head.weight"] and all(t.name != "output.weight" for t in gguf.reader.tensors):
         head, embedding = (safe_open(hf_files[n], framework="pt").get_tensor(n)
@@ -215,4 +184,50 @@ def _changed_tensors(model_dir: Path, gguf, kept: list[int]):
     if unplaced:
         raise DepthpruneError(f"{model_dir} holds {unplaced[0]}, which has no tensor in {gguf.path.name} (a tensor the "
                               "source does not have, e.g. an untied head); it cannot be exported beside this source")
+
+
+def _changed_tensors(model_dir: Path, gguf, kept: list[int]):
+    """New GGUF tensor name -> (data, type) for every tensor whose values differ from the source's."""
+    import torch
+    from gguf import dequantize, quantize
+    from safetensors import safe_open
+    from tqdm.auto import tqdm
+
+    from .gguf_files import BLOCK_NAME
+
+    parsed, processor, inverse, gguf_to_hf = _transformers_view(gguf)
+    hf_files = _hf_tensor_names(model_dir)
+    layers_prefix = "model.layers."   # the GGUF-readable architectures' layers in transformers
+    new_index = {old: new for new, old in enumerate(kept)}
+    replacements, report = {}, {"copied": 0, "quantised": {}, "fallback": {}}
+    handles, used = {}, set()
+    for tensor in tqdm(gguf.reader.tensors, desc="comparing tensors with the source", unit="tensor"):
+        match = BLOCK_NAME.match(tensor.name)
+        if match is not None and int(match[1]) not in new_index:
+            continue
+        hf_name = gguf_to_hf.get(tensor.name)
+        if hf_name is None:
+            report["copied"] += 1     # not a transformers parameter (e.g. rope_freqs): nothing to change
+            continue
+        new_name = tensor.name
+        if match is not None:         # source block i is the model's layer new_index[i]
+            new_name = f"blk.{new_index[int(match[1])]}.{match[2]}"
+            hf_name = hf_name.replace(f"{layers_prefix}{match[1]}.", f"{layers_prefix}{new_index[int(match[1])]}.", 1)
+        if hf_name not in hf_files:
+            raise DepthpruneError(f"{model_dir} has no tensor {hf_name} for {tensor.name}; it is not a model "
+                                  f"made from {gguf.path.name}")
+        if hf_files[hf_name] not in handles:
+            handles[hf_files[hf_name]] = safe_open(hf_files[hf_name], framework="pt")
+        values = handles[hf_files[hf_name]].get_tensor(hf_name)
+        used.add(hf_name)
+        read = processor.process(weights=dequantize(tensor.data, tensor.tensor_type), name=tensor.name,
+                                 tensor_key_mapping=gguf_to_hf, parsed_parameters=parsed).weights
+        read = torch.from_numpy(np.array(read, dtype=np.float32)).to(values.dtype)   # as transformers reads it
+        if read.shape == values.shape and torch.equal(read, values):
+            report["copied"] += 1
+            continue
+        kind = _target_type(tensor.tensor_type, report)
+        gguf_values = np.ascontiguousarray(inverse(tensor.name, values.float().numpy()), dtype=np.float32)
+        replacements[new_name] = (quantize(gguf_values, kind), kind)
+    _check_all_placed(model_dir, gguf, hf_files, used)
     return replacements, report
