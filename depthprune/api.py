@@ -29,7 +29,7 @@ from .prune import prune as _prune
 from .recipe import load_recipe, run_recipe as _run
 from .report import write_report as _report
 from .runtime import set_threads
-from .scoring.api import score as _score
+from .scoring.scores import score as _score
 from .sweep import sweep as _sweep
 
 __all__ = ["collapse", "evaluate", "export", "heal", "info", "load_model", "load_recipe", "prune", "report", "run",

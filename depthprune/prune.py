@@ -73,8 +73,11 @@ def prune_needs(model, method: str | None = None, data=None, scores=None) -> lis
     from .extras import data_needs, model_needs
 
     needs = model_needs(model)
-    if method not in (None, "last", "magnitude") and scores is None:
-        needs += data_needs(data)
+    if method is not None and scores is None:
+        from .selection import check_method
+
+        if check_method(method).needs_data:
+            needs += data_needs(data)
     return needs
 
 
@@ -83,8 +86,8 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
           allow_single_layer: bool = False, dtype="auto", device="cpu",
           trust_remote_code: bool = False, method: str | None = None, n: int | None = None,
           ratio: float | None = None, data=None, scores: str | Path | dict | None = None, tokens: str = "last",
-          keep_edges: bool | None = None, batch_size: int = 8, format: str | None = None,
-          surgery: str = "auto") -> PrunePlan:
+          keep_edges: bool | None = None, batch_size: int = 8, format: str | None = None, surgery: str = "auto",
+          **criterion_options) -> PrunePlan:
     """Remove layers and save an ordinary checkpoint (``depthprune prune MODEL --layers ...`` or ``--method ...``).
 
     Args:
@@ -96,8 +99,8 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
         allow_final_layer: permit removing the last layer.
         allow_first_layer: permit removing layer 0.
         allow_single_layer: permit a plan that leaves one layer.
-        method: choose the layers by a criterion: angular (best block), bi, ppl, taylor, magnitude (the n least
-            important), sleb (iterative), last (layers L-n-1 .. L-2).
+        method: choose the layers by a registered criterion: angular (best block), bi, ppl, taylor, magnitude (the
+            n least important), sleb (iterative), last (layers L-n-1 .. L-2), or any registered since.
         n: layers to remove with ``method``; or ``ratio``, a fraction of the layers.
         data: calibration data (a :class:`~depthprune.DataSpec` or source string) for criteria that need it.
         scores: a ``scores.json`` (path or dict) from ``depthprune score`` to reuse instead of scoring again.
@@ -106,6 +109,7 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
             ``gguf`` when ``output`` ends in ``.gguf``.
         surgery: ``auto`` copies the kept tensors at the file level when the plan needs no weights and the source
             is a safetensors folder (or a GGUF written as GGUF), and says so; ``file`` insists, ``memory`` loads.
+        criterion_options: the options of further registered criteria, by name (as ``tokens``).
 
     Returns:
         The executed (or, with ``dry_run``, proposed) plan.
@@ -119,7 +123,12 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
     if layers is not None and (data is not None or keep_edges is not None):
         raise DepthpruneError("--data and --keep-edges would be ignored with --layers (the layers are named, nothing "
                               "is scored); drop them")
-    if method is not None and data is not None and (scores is not None or method in ("last", "magnitude")):
+    entry = None
+    if method is not None:
+        from .selection import check_method
+
+        entry = check_method(method)
+    if entry is not None and data is not None and (scores is not None or not entry.needs_data):
         why = "with --scores (the scores are reused)" if scores is not None else f"with --method {method} (it reads " \
               "no data)"
         raise DepthpruneError(f"--data would be ignored {why}; drop it")
@@ -130,8 +139,8 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
         raise DepthpruneError("no --output given; name the folder for the pruned model (or use --dry-run)")
     from .filesurgery import choose_route, open_for_route
 
-    route = choose_route(model, output, format, surgery, needs_weights=method not in (None, "last") and scores is None,
-                         dtype=dtype)
+    needs_weights = entry is not None and entry.scored and scores is None    # a criterion that scores them
+    route = choose_route(model, output, format, surgery, needs_weights=needs_weights, dtype=dtype)
     if output is not None and not dry_run:
         if route.writes_file:
             from .filesurgery.output import check_output_file
@@ -144,13 +153,9 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
     gguf_needs = [("gguf", f"writing {output}")] if route.writes_file else []
     require_all(prune_needs(model, method, data, scores) + gguf_needs)   # before loading anything
     scores_data = read_scores(scores) if scores is not None else None
-    if method is not None:
-        from .selection import check_method
-
-        check_method(method)
-        if method not in ("last", "magnitude") and scores_data is None and data is None:
-            raise DepthpruneError(f"method {method!r} needs calibration data; pass --data SPEC (e.g. builtin or a "
-                                  ".txt file) or reuse a scores.json with --scores")
+    if entry is not None and entry.needs_data and scores_data is None and data is None:
+        raise DepthpruneError(f"method {method!r} needs calibration data; pass --data SPEC (e.g. builtin or a .txt "
+                              "file) or reuse a scores.json with --scores")
     allow = {"allow_final_layer": allow_final_layer, "allow_first_layer": allow_first_layer,
              "allow_single_layer": allow_single_layer}
     loaded, adapter = open_for_route(route, model, dtype, device, trust_remote_code)   # weightless for file surgery
@@ -161,7 +166,8 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
         plan = PrunePlan(num_layers=adapter.num_layers, removed_layers=removed, method="manual",
                          settings={"layers": format_layer_list(removed)})
     else:
-        plan, all_scores = _plan_by_criterion(loaded, adapter, method, n, ratio, data, scores_data, tokens,
+        options = {"tokens": tokens, **criterion_options}
+        plan, all_scores = _plan_by_criterion(loaded, adapter, entry, n, ratio, data, scores_data, options,
                                               keep_edges, batch_size, allow, device)
         if scores is not None and not isinstance(scores, dict):
             plan.settings["scores_file"] = str(scores)
@@ -211,10 +217,11 @@ def check_scores_model(scores: dict, loaded: LoadedModel) -> None:
                               f"another name, set \"model\" in the scores file to {loaded.description!r}")
 
 
-def _plan_by_criterion(loaded, adapter, method, n, ratio, data, scores_data, tokens, keep_edges, batch_size,
+def _plan_by_criterion(loaded, adapter, entry, n, ratio, data, scores_data, options: dict, keep_edges, batch_size,
                        allow: dict, device) -> tuple[PrunePlan, dict | None]:
     from .selection import resolve_count, select_layers
 
+    method = entry.name
     num_layers = adapter.num_layers
     count = resolve_count(num_layers, n, ratio)
     if scores_data is not None:
@@ -223,17 +230,19 @@ def _plan_by_criterion(loaded, adapter, method, n, ratio, data, scores_data, tok
                                   f"{num_layers}; score this model (depthprune score) or drop --scores")
         check_scores_model(scores_data, loaded)
         all_scores = scores_data
-    elif method == "last":
+    elif not entry.scored:
         all_scores = {"num_layers": num_layers}
     else:
         from .data import DataSpec, calibration_blocks
         from .loading import require_tokenizer
         from .scoring import make_configs, score_model
 
-        configs = make_configs(method, tokens=tokens, keep_edges=keep_edges, sleb_n=count)
+        if entry.count_option is not None:      # an iterative order must reach the n asked for
+            options = {**options, entry.count_option: count}
+        configs = make_configs(method, keep_edges=keep_edges, **options)
         spec = DataSpec(source=data) if isinstance(data, str) else data
         input_ids = None
-        if method != "magnitude":
+        if entry.needs_data:
             input_ids = calibration_blocks(spec, require_tokenizer(loaded), model=loaded.model)
         all_scores = score_model(loaded.model, configs, input_ids=input_ids, batch_size=batch_size, device=device)
         all_scores = {"model": loaded.description, "data": spec.describe() if input_ids is not None else None,
@@ -245,4 +254,4 @@ def _plan_by_criterion(loaded, adapter, method, n, ratio, data, scores_data, tok
                 "data": all_scores.get("data"), "scored_with": all_scores.get("settings", {}).get(method)}
     plan = PrunePlan(num_layers=num_layers, removed_layers=removed, method=method, scores=evidence,
                      settings=settings)
-    return plan, (all_scores if method != "last" else None)
+    return plan, (all_scores if entry.scored else None)

@@ -16,8 +16,9 @@ def add_arguments(parser) -> None:
 
     add_common_arguments(parser)
     add_model_arguments(parser)
-    parser.add_argument("--methods", default="angular,bi,last,ppl",
-                        help="comma-separated: angular, bi, ppl, taylor, magnitude, sleb, last")
+    from .criteria import criteria_epilog, names_help
+
+    parser.add_argument("--methods", default="angular,bi,last,ppl", help=f"comma-separated: {names_help()}")
     parser.add_argument("--n", default="0:8", help="layers removed: START:END[:STEP] inclusive, or 2,4,8")
     parser.add_argument("--eval", default="wikitext2", help="perplexity sources and/or tasks, e.g. wikitext2,piqa")
     parser.add_argument("--eval-seq-len", type=int, default=256, help="perplexity window length")
@@ -35,6 +36,7 @@ def add_arguments(parser) -> None:
     for action in parser._actions:
         if action.dest == "force":
             action.help = "start over, replacing an existing (finished or unfinished) sweep in the output folder"
+    parser.epilog = criteria_epilog()
 
 
 def needs(args) -> list[tuple[str, str]]:
@@ -51,12 +53,15 @@ def run(args) -> int:
 
     if not args.heal_steps:
         refuse_ignored(args, ("heal_method", "heal_data"), "without --heal-steps", fix="add --heal-steps K or drop")
+    from ..selection import check_method
+
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     # With --scores the data options still describe the calibration the scores came from (a recipe passes the
     # score step's scores and the sweep step repeats its data), so only a sweep that never scores refuses them.
-    scored = any(m != "last" for m in methods)
+    scored = any(check_method(m, option="--methods").scored for m in methods)
     check_data_options(args, scored or bool(args.heal_steps and args.heal_data is None),
-                       "with --methods last (nothing is scored) and healing off or reading --heal-data")
+                       f"with --methods {args.methods} (nothing is scored) and healing off or reading "
+                       "--heal-data")
     spec = data_spec_from_args(args)
     result = sweep(args.model, methods=args.methods, n=args.n, eval=args.eval, data=spec.source,
                    samples=spec.samples, seq_len=spec.seq_len, seed=spec.seed, text_field=spec.text_field,
