@@ -85,7 +85,7 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
           force: bool = False, dry_run: bool = False, allow_final_layer: bool = False, allow_first_layer: bool = False,
           allow_single_layer: bool = False, dtype="auto", device="cpu",
           trust_remote_code: bool = False, method: str | None = None, n: int | None = None,
-          ratio: float | None = None, data=None, scores: str | Path | dict | None = None, tokens: str = "last",
+          ratio: float | None = None, data=None, scores: str | Path | dict | None = None, token_positions: str = "last",
           keep_edges: bool | None = None, batch_size: int = 8, format: str | None = None, surgery: str = "auto",
           **criterion_options) -> PrunePlan:
     """Remove layers and save an ordinary checkpoint (``depthprune prune MODEL --layers ...`` or ``--method ...``).
@@ -104,12 +104,12 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
         n: layers to remove with ``method``; or ``ratio``, a fraction of the layers.
         data: calibration data (a :class:`~depthprune.DataSpec` or source string) for criteria that need it.
         scores: a ``scores.json`` (path or dict) from ``depthprune score`` to reuse instead of scoring again.
-        tokens, keep_edges, batch_size: scoring options (see :func:`depthprune.scoring.score`).
+        token_positions, keep_edges, batch_size: scoring options (see :func:`depthprune.scoring.score`).
         format: ``safetensors`` (a checkpoint folder) or ``gguf`` (one file, from a GGUF source's bytes); default:
             ``gguf`` when ``output`` ends in ``.gguf``.
         surgery: ``auto`` copies the kept tensors at the file level when the plan needs no weights and the source
             is a safetensors folder (or a GGUF written as GGUF), and says so; ``file`` insists, ``memory`` loads.
-        criterion_options: the options of further registered criteria, by name (as ``tokens``).
+        criterion_options: the options of further registered criteria, by name (as ``token_positions``).
 
     Returns:
         The executed (or, with ``dry_run``, proposed) plan.
@@ -166,7 +166,7 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
         plan = PrunePlan(num_layers=adapter.num_layers, removed_layers=removed, method="manual",
                          settings={"layers": format_layer_list(removed)})
     else:
-        options = {"tokens": tokens, **criterion_options}
+        options = {"token_positions": token_positions, **criterion_options}
         plan, all_scores = _plan_by_criterion(loaded, adapter, entry, n, ratio, data, scores_data, options,
                                               keep_edges, batch_size, allow, device)
         if scores is not None and not isinstance(scores, dict):

@@ -100,8 +100,8 @@ def test_unknown_metric_lists_valid_names_and_suggests_the_closest():
         make_configs("angular", tokenz="all")
     with pytest.raises(DepthpruneError, match="listed twice"):
         parse_metrics("bi,bi")
-    with pytest.raises(DepthpruneError, match="--tokens"):
-        make_configs("angular", tokens="first")
+    with pytest.raises(DepthpruneError, match="--token-positions"):
+        make_configs("angular", token_positions="first")
 
 
 def test_metrics_that_need_data_refuse_to_run_without_it():
@@ -186,7 +186,7 @@ def test_angular_all_tokens_matches_a_brute_force_loop():
     ids = _ids()
     mask = torch.ones_like(ids)
     mask[2, 7:] = 0
-    scores = score_model(model, make_configs("angular", tokens="all"), input_ids=ids, attention_mask=mask,
+    scores = score_model(model, make_configs("angular", token_positions="all"), input_ids=ids, attention_mask=mask,
                          batch_size=3, show_progress=False)
     states = _brute_force_states(model, ids, mask)
     for n in (1, 3):

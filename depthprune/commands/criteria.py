@@ -1,6 +1,7 @@
 """Command-line pieces read from the criterion registry when a parser is built.
 
-``score``, ``prune`` and ``sweep`` take their choices, help and criterion options (``--tokens``, ``--sleb-n``, and
+``score``, ``prune`` and ``sweep`` take their choices, help and criterion options (``--token-positions``,
+``--sleb-n``, and
 any a registered criterion declares) from here, so a criterion registered before the parser is built — a plug-in
 included — appears on the command line and in recipes with no edit to the verbs.
 """
@@ -34,8 +35,8 @@ def keep_edges_help(what: str) -> str:
     return f"{what} (default: on for {', '.join(keeping) or 'none'})"
 
 
-def add_criterion_options(parser, with_count: bool = True) -> list[str]:
-    """Add every registered criterion's options (``--tokens``, ``--sleb-n``, ...); returns their dests.
+def criterion_schema(with_count: bool = True) -> list:
+    """Every registered criterion's options (``--token-positions``, ``--sleb-n``, ...) as schema options.
 
     Args:
         with_count: also the options a verb sets from its own ``--n`` (SLEB's ``--sleb-n``): ``score`` has them,
@@ -43,16 +44,11 @@ def add_criterion_options(parser, with_count: bool = True) -> list[str]:
     """
     from ..scoring import CRITERIA
     from ..scoring.base import criterion_options
+    from .schema import Option
 
     counts = {e.count_option for e in CRITERIA if e.count_option}
-    added = []
-    for option in criterion_options().values():
-        if option.name in counts and not with_count:
-            continue
-        parser.add_argument(option.flag, dest=option.name, type=option.type, choices=option.choices,
-                            default=option.default, help=option.help)
-        added.append(option.name)
-    return added
+    return [Option(option.name, option.type, option.default, help=option.help, choices=option.choices)
+            for option in criterion_options().values() if with_count or option.name not in counts]
 
 
 def criterion_option_values(args) -> dict:
@@ -63,7 +59,7 @@ def criterion_option_values(args) -> dict:
 
 
 def refuse_options_of_other_criteria(args, chosen: list[str], reason: str) -> None:
-    """Refuse criterion options that no chosen criterion takes (``--tokens`` without angular).
+    """Refuse criterion options that no chosen criterion takes (``--token-positions`` without angular).
 
     Args:
         reason: how to say it, with ``{owners}`` for the criteria that take the option, e.g. "without the {owners}

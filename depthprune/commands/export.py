@@ -9,18 +9,24 @@ A pruned GGUF that changes no weights is made directly by ``depthprune prune SRC
 
 from __future__ import annotations
 
-from .common import add_common_arguments, print_json
+from .common import COMMON_OPTIONS, print_json
+from .schema import Option, add_options
 
 HELP = "write a healed, collapsed or pruned checkpoint back as GGUF beside its GGUF source"
 
+OPTIONS = [
+    *COMMON_OPTIONS,
+    Option("model", positional=True,
+           help="checkpoint folder made from a GGUF source (e.g. by prune, collapse or heal)"),
+    Option("to_gguf", required=True, metavar="OUT.gguf", help="GGUF file to write (atomically)"),
+    Option("source", metavar="SRC.gguf",
+           help="the GGUF the model was made from (default: base_model_source in its depthprune.json)"),
+    Option("force", bool, False, help="replace an existing output file"),
+]
+
 
 def add_arguments(parser) -> None:
-    add_common_arguments(parser)
-    parser.add_argument("model", help="checkpoint folder made from a GGUF source (e.g. by prune, collapse or heal)")
-    parser.add_argument("--to-gguf", required=True, metavar="OUT.gguf", help="GGUF file to write (atomically)")
-    parser.add_argument("--source", default=None, metavar="SRC.gguf",
-                        help="the GGUF the model was made from (default: base_model_source in its depthprune.json)")
-    parser.add_argument("--force", action="store_true", help="replace an existing output file")
+    add_options(parser, OPTIONS)
 
 
 def needs(args) -> list[tuple[str, str]]:
@@ -28,10 +34,15 @@ def needs(args) -> list[tuple[str, str]]:
     return [("gguf", "export --to-gguf")]
 
 
-def run(args) -> int:
+def call(args) -> dict:
+    """What was copied and what was requantised, by type, and the bytes written."""
     from ..filesurgery.export import export_gguf
 
-    report = export_gguf(args.model, args.to_gguf, source=args.source, force=args.force)
+    return export_gguf(args.model, args.to_gguf, source=args.source, force=args.force)
+
+
+def run(args) -> int:
+    report = call(args)
     print_json({key: report[key] for key in ("copied", "quantised", "fallback", "tensors", "tensor_bytes")})
     print(f"saved to {args.to_gguf}")
     return 0

@@ -57,7 +57,7 @@ class AngularConfig(ScorerConfig):
 
     def __post_init__(self):
         if self.tokens not in TOKEN_MODES:
-            raise DepthpruneError(f"unknown --tokens {self.tokens!r}; use one of {', '.join(TOKEN_MODES)}")
+            raise DepthpruneError(f"unknown --token-positions {self.tokens!r}; use one of {', '.join(TOKEN_MODES)}")
 
 
 class AngularScorer(Scorer):
@@ -88,6 +88,6 @@ CRITERION = register(Criterion(
     name="angular", selection="block", config_class=AngularConfig, scorer_class=AngularScorer,
     description="angular distance d(l, n) between a block's input and output (Gromov et al.); removes the best "
                 "block",
-    options=(CriterionOption("tokens", "tokens", choices=TOKEN_MODES, default="last",
+    options=(CriterionOption("token_positions", "tokens", choices=TOKEN_MODES, default="last",
                              help="angular distance on the last real token of each sample, or on all real tokens"),),
     evidence_keys=("angular_tokens",), plot=angular_plots))

@@ -101,7 +101,8 @@ class CriterionOption:
     """A scoring option of a criterion, as the command line, recipes and the Python API name it.
 
     Attributes:
-        name: the option's name: ``tokens`` is ``--tokens`` on the command line and ``tokens=`` in Python.
+        name: the option's name: ``token_positions`` is ``--token-positions`` on the command line and
+            ``token_positions=`` in Python.
         field: the config attribute it sets.
         help: its ``--help`` text.
         type: converts the command-line text (``int``, ``float``; ``str`` keeps it).

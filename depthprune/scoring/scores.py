@@ -21,7 +21,7 @@ def make_configs(metrics, keep_edges: bool | None = None, **options) -> dict:
     Args:
         keep_edges: True: first 4 / last 2 layers never candidates for every metric; False: for none; None: each
             metric's default (on for taylor and magnitude).
-        options: criterion options by name, each given to the criteria that take it (``tokens="all"`` to
+        options: criterion options by name, each given to the criteria that take it (``token_positions="all"`` to
             angular, ``sleb_n=4`` to sleb); None keeps a criterion's default. A name no criterion takes is an error.
     """
     known = criterion_options()
@@ -113,7 +113,7 @@ def score_needs(model, metrics="angular,bi", data=None, output=None, plots: bool
     return needs
 
 
-def score(model, metrics="angular,bi", data=None, tokens: str = "last", keep_edges: bool | None = None,
+def score(model, metrics="angular,bi", data=None, token_positions: str = "last", keep_edges: bool | None = None,
           sleb_n: int | None = None, batch_size: int = 8, sequential: bool | None = False, output=None,
           force: bool = False, plots: bool = True, dtype="auto", device="cpu", trust_remote_code: bool = False,
           show_progress: bool = True, **criterion_options) -> dict:
@@ -124,10 +124,10 @@ def score(model, metrics="angular,bi", data=None, tokens: str = "last", keep_edg
         metrics: comma-separated names or a list of registered criteria (angular, bi, ppl, taylor, magnitude,
             sleb, and any registered since).
         data: a :class:`~depthprune.DataSpec` or a source string; None only for data-free metrics (magnitude).
-        tokens: ``last`` or ``all`` real tokens for angular distance.
+        token_positions: ``last`` or ``all`` real tokens for angular distance.
         keep_edges: the first-4/last-2 keep-set for every metric (True), none (False), or each default (None).
         sleb_n: layers SLEB removes (default a quarter).
-        criterion_options: the options of further registered criteria, by name (as ``tokens`` and ``sleb_n``).
+        criterion_options: the options of further registered criteria, by name (as ``token_positions`` and ``sleb_n``).
         sequential: read one decoder layer at a time from the checkpoint's safetensors; None decides by memory.
         output: folder for ``scores.json`` and PNG plots (written atomically); None writes nothing.
 
@@ -138,7 +138,7 @@ def score(model, metrics="angular,bi", data=None, tokens: str = "last", keep_edg
     from ..loading import LoadedModel, load_model, require_tokenizer
     from ..saving import atomic_output_dir, check_output_dir, write_json_atomic
 
-    configs = make_configs(metrics, keep_edges=keep_edges, tokens=tokens, sleb_n=sleb_n, **criterion_options)
+    configs = make_configs(metrics, keep_edges=keep_edges, token_positions=token_positions, sleb_n=sleb_n, **criterion_options)
     needing_data = [name for name in configs if CRITERIA.get(name).needs_data]
     if needing_data and data is None:
         raise DepthpruneError(f"metric(s) {', '.join(needing_data)} need calibration data; pass --data SPEC "
