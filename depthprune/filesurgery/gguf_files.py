@@ -12,6 +12,7 @@ Some architectures derive a layer's kind from its position in llama.cpp's code i
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,7 +179,6 @@ def write_gguf(model: GgufModel, target: Path, kept: list[int], metadata: dict, 
         ``{"tensors": n, "block_bytes": bytes of blk.* tensors, "tensor_bytes": all tensor bytes}``.
     """
     from gguf import GGUFWriter
-    from tqdm.auto import tqdm
 
     replacements = replacements or {}
     new_index = {old: new for new, old in enumerate(kept)}
@@ -195,22 +195,49 @@ def write_gguf(model: GgufModel, target: Path, kept: list[int], metadata: dict, 
         writer.data_alignment = alignment
     for key, value, value_type, sub_type in _metadata_fields(model, kept, metadata):
         writer.add_key_value(key, value, value_type, sub_type=sub_type)
-    payloads = []
+    payloads = []     # (source tensor, None) to copy its bytes, or (None, new data)
     for name, tensor in selected:
         data, kind = replacements.get(name, (tensor.data, tensor.tensor_type))
         writer.add_tensor_info(name, data.shape, data.dtype, data.nbytes, kind)
-        payloads.append(data)
-    stats = {"tensors": len(selected), "tensor_bytes": sum(int(d.nbytes) for d in payloads),
-             "block_bytes": sum(int(d.nbytes) for (name, _), d in zip(selected, payloads) if BLOCK_NAME.match(name))}
+        payloads.append((None, data) if name in replacements else (tensor, None))
+    sizes = [int(tensor.n_bytes if tensor is not None else data.nbytes) for tensor, data in payloads]
+    stats = {"tensors": len(selected), "tensor_bytes": sum(sizes),
+             "block_bytes": sum(size for (name, _), size in zip(selected, sizes) if BLOCK_NAME.match(name))}
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
-    with tqdm(total=stats["tensor_bytes"], desc=progress_label, unit="B", unit_scale=True) as bar:
-        for data in payloads:
-            writer.write_tensor_data(data, tensor_endianess=model.reader.endianess)
-            bar.update(int(data.nbytes))
+    _write_tensor_data(writer, model.path, payloads, sizes, progress_label)
     writer.close()
     return stats
+
+
+def _write_tensor_data(writer, source: Path, payloads: list, sizes: list[int], progress_label: str) -> None:
+    """The data section: source tensors copied by the kernel from the file, new data written from memory.
+
+    GGUFWriter.write_tensor_data would read a source tensor through the reader's memory map, and every page of a
+    map that is touched counts in the process's resident memory: a 40 GB GGUF would show 40 GB. The layout is the
+    writer's own: each tensor starts at the data alignment and is padded to it.
+    """
+    from tqdm.auto import tqdm
+
+    from .safetensors_files import _copy_range
+
+    handle = writer.fout[0]
+    source_fd = os.open(source, os.O_RDONLY)
+    try:
+        with tqdm(total=sum(sizes), desc=progress_label, unit="B", unit_scale=True) as bar:
+            for (tensor, data), size in zip(payloads, sizes):
+                writer.write_padding(handle, handle.tell())
+                if tensor is None:
+                    data.tofile(handle)
+                else:
+                    handle.flush()     # the kernel appends at the descriptor's position
+                    _copy_range(source_fd, handle.fileno(), int(tensor.data_offset), size)
+                writer.write_padding(handle, size)
+                bar.update(size)
+    finally:
+        os.close(source_fd)
+    handle.flush()
 
 
 def prune_gguf(model: GgufModel, plan, output, force: bool, metadata: dict, allow: dict) -> Path:
