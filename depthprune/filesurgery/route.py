@@ -51,6 +51,15 @@ class Route:
     source: Path | None         # the file or folder whose tensors are copied
     load_weights: bool          # the plan needs the model in memory (scoring)
     reason: str = ""            # for the one line printed when the file level is chosen
+    _gguf: object = None        # the opened GGUF (reading a vocabulary of 50k tokens takes seconds: once)
+
+    def gguf(self):
+        """The source GGUF, opened once."""
+        if self._gguf is None:
+            from .gguf_files import GgufModel
+
+            self._gguf = GgufModel.open(self.source)
+        return self._gguf
 
     @property
     def writes_file(self) -> bool:
@@ -121,9 +130,7 @@ def open_for_route(route: Route, model, dtype, device, trust_remote_code: bool):
                                                                           trust_remote_code=trust_remote_code)
         return loaded, ModelAdapter(loaded.model)
     if route.kind == "gguf":
-        from .gguf_files import GgufModel
-
-        gguf = GgufModel.open(route.source)
+        gguf = route.gguf()
         text = str(model)
         description = MODEL_ALIASES[text][2] if text in MODEL_ALIASES else str(route.source.resolve())
         return LoadedModel(model=None, tokenizer=None, source=text, description=description), gguf
@@ -138,20 +145,16 @@ def open_for_route(route: Route, model, dtype, device, trust_remote_code: bool):
 
 def gguf_parent(route: Route) -> dict | None:
     """For a GGUF route, the provenance an earlier depthprune step stored in the source file."""
-    if route.kind != "gguf":
-        return None
-    from .gguf_files import GgufModel
-
-    return GgufModel.open(route.source).parent_metadata()
+    return route.gguf().parent_metadata() if route.kind == "gguf" else None
 
 
 def write_route(route: Route, loaded, adapter, plan, output, force: bool, metadata: dict, allow: dict,
                 extra_files: dict | None = None) -> Path:
     """Write the pruned model by the route's file-level surgery."""
     if route.kind == "gguf":
-        from .gguf_files import GgufModel, prune_gguf
+        from .gguf_files import prune_gguf
 
-        return prune_gguf(GgufModel.open(route.source), plan, output, force, metadata, allow)
+        return prune_gguf(route.gguf(), plan, output, force, metadata, allow)
     from .checkpoint import prune_checkpoint_files
 
     return prune_checkpoint_files(route.source, loaded.model, adapter, plan, output, force, metadata, extra_files)
