@@ -33,7 +33,8 @@ clean:
 	rm -rf runs/smollm2-demo .pytest_cache
 
 # llama.cpp for the GGUF tests and `eval --speed-backend llamacpp`: llama-cpp-python builds llama.cpp from source
-# (7.7 CPU-minutes; 31 min on 2 busy cores), so the wheel is built once into a cache folder and installed from there afterwards.
+# (7.7 CPU-minutes; 31 min on 2 busy cores), so the wheel is built once into a cache folder and installed from
+# there afterwards.
 # The build targets x86-64-v3 (AVX2, FMA, F16C) instead of the building CPU (-march=native), so a cached wheel runs on
 # any AVX2 machine; examples, tests, tools, server and the multimodal library are left out.
 LLAMACPP_VERSION ?= 0.3.36
