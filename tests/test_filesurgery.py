@@ -156,8 +156,12 @@ WINDOW_PATTERN = [True, False, True, True, False, False]    # a per-layer array,
 
 
 def write_tiny_gguf(path, num_layers: int = 6, weight_type: str = "Q8_0", arch: str = "llama", seed: int = 0,
-                    name: str = "tiny-llama", window_pattern: bool = True):
-    """A random Llama GGUF with a tokenizer, a chat template and the per-layer array ``WINDOW_PATTERN``."""
+                    name: str = "tiny-llama", window_pattern: bool = True, ffn: int = GGUF_FF,
+                    down_type: str | None = None):
+    """A random Llama GGUF with a tokenizer, a chat template and the per-layer array ``WINDOW_PATTERN``.
+
+    ``down_type="Q6_K"`` stores every ffn_down as random Q6_K blocks (``ffn`` must then be a multiple of 256).
+    """
     from gguf import GGMLQuantizationType, GGUFWriter, quantize
 
     rng = np.random.default_rng(seed)
@@ -168,7 +172,7 @@ def write_tiny_gguf(path, num_layers: int = 6, weight_type: str = "Q8_0", arch: 
     writer.add_uint32(f"{arch}.block_count", num_layers)
     writer.add_uint32(f"{arch}.context_length", 256)
     writer.add_uint32(f"{arch}.embedding_length", GGUF_HIDDEN)
-    writer.add_uint32(f"{arch}.feed_forward_length", GGUF_FF)
+    writer.add_uint32(f"{arch}.feed_forward_length", ffn)
     writer.add_uint32(f"{arch}.attention.head_count", GGUF_HEADS)
     writer.add_uint32(f"{arch}.attention.head_count_kv", GGUF_KV_HEADS)
     writer.add_uint32(f"{arch}.rope.dimension_count", head_dim)
@@ -196,6 +200,13 @@ def write_tiny_gguf(path, num_layers: int = 6, weight_type: str = "Q8_0", arch: 
         else:
             writer.add_tensor(tensor_name, quantize(values, kind), raw_dtype=kind)
 
+    def add_q6_k(tensor_name, rows, columns):
+        # block_q6_K: ql[128], qh[64], int8 scales[16], f16 d; random codes, small scales
+        blocks = rng.integers(0, 256, (rows, columns // 256, 210), dtype=np.uint8)
+        blocks[..., 192:208] = rng.integers(-8, 8, (rows, columns // 256, 16)).astype(np.int8).view(np.uint8)
+        blocks[..., 208:210] = np.full((rows, columns // 256, 1), 0.002, np.float16).view(np.uint8)
+        writer.add_tensor(tensor_name, blocks.reshape(rows, -1), raw_dtype=GGMLQuantizationType.Q6_K)
+
     add("token_embd.weight", (GGUF_VOCAB, GGUF_HIDDEN), scale=0.5)
     for i in range(num_layers):
         add(f"blk.{i}.attn_norm.weight", (GGUF_HIDDEN,), norm=True)
@@ -204,9 +215,12 @@ def write_tiny_gguf(path, num_layers: int = 6, weight_type: str = "Q8_0", arch: 
         add(f"blk.{i}.attn_v.weight", (GGUF_KV_HEADS * head_dim, GGUF_HIDDEN))
         add(f"blk.{i}.attn_output.weight", (GGUF_HIDDEN, GGUF_HEADS * head_dim))
         add(f"blk.{i}.ffn_norm.weight", (GGUF_HIDDEN,), norm=True)
-        add(f"blk.{i}.ffn_gate.weight", (GGUF_FF, GGUF_HIDDEN))
-        add(f"blk.{i}.ffn_up.weight", (GGUF_FF, GGUF_HIDDEN))
-        add(f"blk.{i}.ffn_down.weight", (GGUF_HIDDEN, GGUF_FF))
+        add(f"blk.{i}.ffn_gate.weight", (ffn, GGUF_HIDDEN))
+        add(f"blk.{i}.ffn_up.weight", (ffn, GGUF_HIDDEN))
+        if down_type == "Q6_K":
+            add_q6_k(f"blk.{i}.ffn_down.weight", GGUF_HIDDEN, ffn)
+        else:
+            add(f"blk.{i}.ffn_down.weight", (GGUF_HIDDEN, ffn))
     add("output_norm.weight", (GGUF_HIDDEN,), norm=True)
     add("output.weight", (GGUF_VOCAB, GGUF_HIDDEN))
     writer.write_header_to_file()
@@ -355,3 +369,26 @@ def test_export_of_an_unchanged_prune_is_the_file_level_prune(tiny_gguf, tmp_pat
     exported = {t.name: t.data.tobytes() for t in GGUFReader(tmp_path / "exported.gguf").tensors}
     direct = {t.name: t.data.tobytes() for t in GGUFReader(tmp_path / "direct.gguf").tensors}
     assert exported == direct
+
+
+def test_export_writes_changed_k_quants_as_q8_0_and_says_so(tmp_path, ids, capsys):
+    from gguf import GGUFReader, dequantize
+
+    source = write_tiny_gguf(tmp_path / "k.gguf", ffn=256, down_type="Q6_K")
+    folder = tmp_path / "pruned"
+    api.prune(str(source), layers=REMOVED, output=folder, surgery="memory")
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    changed = model.model.layers[0].mlp.down_proj.weight
+    with torch.no_grad():
+        changed.mul_(0.5)
+    model.save_pretrained(folder)
+    capsys.readouterr()
+    report = api.export(str(folder), to_gguf=tmp_path / "out.gguf")
+    assert report["fallback"] == {"Q6_K": 1} and report["quantised"] == {}
+    notice = capsys.readouterr().err
+    assert "1 x Q6_K changed tensors written as Q8_0" in notice and "llama-quantize" in notice
+    tensors = {t.name: t for t in GGUFReader(tmp_path / "out.gguf").tensors}
+    assert tensors["blk.0.ffn_down.weight"].tensor_type.name == "Q8_0"
+    assert tensors["blk.1.ffn_down.weight"].tensor_type.name == "Q6_K"      # unchanged: copied as it was
+    values = dequantize(tensors["blk.0.ffn_down.weight"].data, tensors["blk.0.ffn_down.weight"].tensor_type)
+    assert np.allclose(values, changed.detach().numpy(), atol=0.01 * float(changed.detach().abs().max()))
