@@ -392,3 +392,15 @@ def test_export_writes_changed_k_quants_as_q8_0_and_says_so(tmp_path, ids, capsy
     assert tensors["blk.1.ffn_down.weight"].tensor_type.name == "Q6_K"      # unchanged: copied as it was
     values = dequantize(tensors["blk.0.ffn_down.weight"].data, tensors["blk.0.ffn_down.weight"].tensor_type)
     assert np.allclose(values, changed.detach().numpy(), atol=0.01 * float(changed.detach().abs().max()))
+
+
+def test_a_pruned_gguf_loads_with_its_provenance(tiny_gguf, tmp_path):
+    from depthprune import load_model
+    from depthprune.metadata import evaluated_model
+
+    api.prune(str(tiny_gguf), layers=[1], output=tmp_path / "once.gguf")            # kept 0, 2, 3, 4, 5
+    loaded = load_model(tmp_path / "once.gguf")                                    # dequantised into the cache
+    assert evaluated_model(loaded)["removed_layers"] == [1] and not evaluated_model(loaded)["dense"]
+    api.prune(str(tmp_path / "once.gguf"), layers=[2], output=tmp_path / "twice")   # in memory, to a folder
+    metadata = json.loads((tmp_path / "twice" / "depthprune.json").read_text())
+    assert metadata["kept_layers"] == KEPT and metadata["removed_layers"] == REMOVED

@@ -74,3 +74,23 @@ def test_llamacpp_backend_refuses_what_it_cannot_time(pruned_f32, tmp_path, caps
     tiny_case_model("llama", num_layers=4).save_pretrained(folder)
     assert main(["eval", str(folder), "--speed", "--speed-backend", "llamacpp", "--output", str(tmp_path / "b")]) == 2
     assert "times GGUF files" in capsys.readouterr().err
+
+
+def test_an_exported_gguf_loads_in_llama_cpp(pruned_f32, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    source, _ = pruned_f32
+    api.prune(str(source), layers=REMOVED, output=tmp_path / "pruned", surgery="memory")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")
+    with torch.no_grad():
+        model.model.layers[2].self_attn.q_proj.weight.mul_(0.8)      # a Llama q row permutation on the way back
+    model.save_pretrained(tmp_path / "pruned")
+    api.export(str(tmp_path / "pruned"), to_gguf=tmp_path / "out.gguf")
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "out.gguf"), n_ctx=64, logits_all=True, n_threads=1,
+                          verbose=False)
+    ids = [1, 5, 77, 300, 12, 9]
+    llm.eval(ids)
+    with torch.no_grad():
+        expected = model(torch.tensor([ids])).logits[0].numpy()
+    logits = np.array(llm.scores[:len(ids)])
+    assert np.abs(logits - expected).max() < 2e-3 * max(1.0, float(np.abs(expected).max()))
