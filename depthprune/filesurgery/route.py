@@ -137,10 +137,11 @@ def open_for_route(route: Route, model, dtype, device, trust_remote_code: bool):
     from .checkpoint import check_quantization, open_skeleton
 
     skeleton, _ = open_skeleton(route.source, trust_remote_code=trust_remote_code)
-    check_quantization(route.source, ModelAdapter(skeleton).num_layers)   # before planning, not after
+    adapter = ModelAdapter(skeleton)
+    check_quantization(route.source, adapter.num_layers)   # before planning, not after
     loaded = LoadedModel(model=skeleton, tokenizer=None, source=str(model),
                          description=str(route.source.resolve()), checkpoint_dir=route.source)
-    return loaded, ModelAdapter(skeleton)
+    return loaded, adapter
 
 
 def gguf_parent(route: Route) -> dict | None:
