@@ -21,7 +21,7 @@ import inspect
 from pathlib import Path
 
 from .collapse import collapse as _collapse
-from .heal.api import heal as _heal
+from .heal import heal as _heal
 from .info import info as _info
 from .loading import load_model
 from .prune import prune as _prune

@@ -181,6 +181,20 @@ def sweep_figure(result: dict):
     return figure
 
 
+# A sweep distils every point from the dense model's top-k logits, computed once and read from the teacher cache
+SWEEP_TEACHER_TOP_K = 64
+
+
+def _sweep_teacher(heal_method: str, loaded) -> dict:
+    """Distillation in a sweep: the dense model in memory is the teacher; its top-k logits over the healing blocks
+    (the same for every point) are cached on the first point and read back by all the others."""
+    from .heal import HEALING_METHODS
+
+    if not HEALING_METHODS.get(heal_method).uses_teacher:
+        return {}
+    return {"teacher": loaded, "top_k": SWEEP_TEACHER_TOP_K}
+
+
 def is_unfinished_sweep(folder) -> bool:
     """Whether ``folder`` holds a sweep that stopped before its last point (a re-run continues it)."""
     return (Path(folder) / PROGRESS_FILE).is_file()
@@ -407,7 +421,7 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
                                                 chat_template=chat_template),
                                   method=heal_method, max_steps=heal_steps, seq_len=seq_len, seed=seed,
                                   eval_samples=4, output=heal_root / f"{method}-{count}", force=True,
-                                  progress=False)
+                                  progress=False, **_sweep_teacher(heal_method, loaded))
                     pruned = healed.model
                     extra["heal_final_loss"] = healed.metadata["healing"].get("final_train_loss")
                     shutil.rmtree(heal_root / f"{method}-{count}", ignore_errors=True)

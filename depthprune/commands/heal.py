@@ -20,14 +20,16 @@ HELP = "heal a pruned model (LoRA, QLoRA, continued pretraining, distillation) a
 
 
 def add_arguments(parser) -> None:
-    from ..heal.config import DEFAULT_PRESETS, METHOD_NAMES, PRESETS, TARGET_NAMES
+    from ..heal import HEALING_METHODS, default_presets, presets
+    from ..heal.config import TARGET_NAMES, TRAIN_LAYER_CHOICES
 
     parser.add_argument("model", help="the pruned checkpoint folder (or any model depthprune can load)")
     parser.add_argument("--dtype", default="float32", help="dtype of the master weights (float32 recommended)")
     parser.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
     parser.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
-    parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=UNSET,
-                        help="autocast precision (default: accelerate's configuration)")
+    parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16", "auto"), default=UNSET,
+                        help="autocast precision; auto: bf16 on a GPU or CPU with bf16 arithmetic (AVX512-BF16/AMX), "
+                             "else none; master weights stay float32 (default: accelerate's configuration)")
     add_data_arguments(parser, samples=0, seq_len=512)
     for action in parser._actions:
         if action.dest == "samples":
@@ -39,10 +41,11 @@ def add_arguments(parser) -> None:
             action.default = UNSET
             action.help = "seed of the document order and the block order (default: 0)"
     group = parser.add_argument_group("recipe (unset options come from the preset)")
-    group.add_argument("--method", choices=METHOD_NAMES, default=UNSET, help="what to train (default: lora)")
+    group.add_argument("--method", choices=HEALING_METHODS.names(), default=UNSET,
+                       help="what to train (default: lora): " + "; ".join(f"{m.name}: {m.help}" for m in HEALING_METHODS))
     group.add_argument("--preset", default=UNSET, metavar="NAME",
-                       help=f"named recipe: {', '.join(PRESETS)} (default per method: "
-                            f"{', '.join(f'{m}={p}' for m, p in DEFAULT_PRESETS.items())})")
+                       help=f"named recipe: {', '.join(presets())} (default per method: "
+                            f"{', '.join(f'{m}={p}' for m, p in default_presets().items())})")
     group.add_argument("--config", default=UNSET, metavar="YAML", help="YAML file of recipe settings")
     group.add_argument("--teacher", default=UNSET, help="unpruned model for --method distill (default: the base_model "
                                                        "recorded in MODEL's depthprune.json)")
@@ -64,6 +67,16 @@ def add_arguments(parser) -> None:
     group.add_argument("--temperature", type=float, default=UNSET, help="distillation temperature tau")
     group.add_argument("--lm-loss-weight", type=float, default=UNSET,
                        help="distillation: weight w of the LM loss in (1-w)*KL + w*LM")
+    group.add_argument("--top-k", type=int, default=UNSET, metavar="K",
+                       help="distillation over the teacher's top K next tokens (renormalised KL), its logits computed "
+                            "once and cached on disk (6*K bytes per token); 0: the whole vocabulary, teacher on the fly "
+                            "(default: 0)")
+    group.add_argument("--teacher-cache", default=UNSET, metavar="DIR",
+                       help="with --top-k: where cached teacher logits live (default: $DEPTHPRUNE_CACHE/teacher-topk; "
+                            "reused by every run on the same blocks), or 'off' to run the teacher on the fly")
+    group.add_argument("--train-layers", choices=TRAIN_LAYER_CHOICES, default=UNSET,
+                       help="all decoder layers, or only the kept layers next to each gap the pruning left "
+                            "(touched; read from MODEL's depthprune.json) (default: all)")
     run_group = parser.add_argument_group("run")
     run_group.add_argument("--eval-every", type=int, default=UNSET, help="held-out loss every N steps")
     run_group.add_argument("--eval-samples", type=int, default=UNSET, help="held-out blocks")
@@ -84,7 +97,8 @@ def add_arguments(parser) -> None:
 
 RECIPE_OPTIONS = ("rank", "alpha", "dropout", "targets", "qlora_fallback", "max_steps", "tokens", "lr", "warmup_steps",
                   "schedule", "weight_decay", "batch_size", "grad_accum", "temperature", "lm_loss_weight", "eval_every",
-                  "eval_samples", "save_every", "seq_len", "seed", "max_loss_ratio", "max_grad_norm")
+                  "eval_samples", "save_every", "seq_len", "seed", "max_loss_ratio", "max_grad_norm", "top_k",
+                  "train_layers")
 
 
 def run(args) -> int:
@@ -98,7 +112,8 @@ def run(args) -> int:
                   teacher=option("teacher"), config_file=option("config"), keep_adapter=args.keep_adapter,
                   resume=args.resume, force=args.force, checkpoint_dir=option("checkpoint_dir"), dtype=args.dtype,
                   cpu=args.cpu, mixed_precision=option("mixed_precision"), trust_remote_code=args.trust_remote_code,
-                  progress=not args.no_progress, plots=not args.no_plots, **settings)
+                  progress=not args.no_progress, plots=not args.no_plots,
+                  teacher_cache=option("teacher_cache"), **settings)
     from accelerate import PartialState
 
     if PartialState().is_main_process:
