@@ -112,6 +112,26 @@ def checkpoint_dtype(folder: str | os.PathLike) -> torch.dtype:
     return max(elements, key=elements.get) if elements else torch.float32
 
 
+# Weight files a checkpoint folder may hold, in the order loading prefers them.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+def checkpoint_bytes(folder: str | os.PathLike | None) -> int:
+    """Bytes of the weight files in a checkpoint folder (the memory its weights take in their stored dtype).
+
+    Counts the files of the first kind present (``*.safetensors``, else ``*.bin``, ``*.pt``, ``*.gguf``), so a
+    repository shipping the same weights twice is counted once; 0 when ``folder`` is None or holds none.
+    """
+    if folder is None or not Path(folder).is_dir():
+        return 0
+    files = [p for p in Path(folder).iterdir() if p.is_file()]
+    for suffix in WEIGHT_SUFFIXES:
+        sizes = [p.stat().st_size for p in files if p.suffix == suffix]
+        if sizes:
+            return sum(sizes)
+    return 0
+
+
 def resolve_alias(name: str) -> tuple[Path, str]:
     """Path of an aliased model file and its description; a clear error when its package is missing."""
     package, filename, description = MODEL_ALIASES[name]

@@ -65,8 +65,11 @@ def prune_needs(model, method: str | None = None, data=None, scores=None) -> lis
     from .extras import data_needs, model_needs
 
     needs = model_needs(model)
-    if method not in (None, "last", "magnitude") and scores is None:
-        needs += data_needs(data)
+    if method is not None and scores is None:
+        from .selection import check_method
+
+        if check_method(method).needs_data:
+            needs += data_needs(data)
     return needs
 
 
@@ -74,8 +77,8 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
           force: bool = False, dry_run: bool = False, allow_final_layer: bool = False, allow_first_layer: bool = False,
           allow_single_layer: bool = False, dtype="auto", device="cpu",
           trust_remote_code: bool = False, method: str | None = None, n: int | None = None,
-          ratio: float | None = None, data=None, scores: str | Path | dict | None = None, tokens: str = "last",
-          keep_edges: bool | None = None, batch_size: int = 8) -> PrunePlan:
+          ratio: float | None = None, data=None, scores: str | Path | dict | None = None, token_positions: str = "last",
+          keep_edges: bool | None = None, batch_size: int = 8, **criterion_options) -> PrunePlan:
     """Remove layers and save an ordinary checkpoint (``depthprune prune MODEL --layers ...`` or ``--method ...``).
 
     Args:
@@ -87,12 +90,13 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
         allow_final_layer: permit removing the last layer.
         allow_first_layer: permit removing layer 0.
         allow_single_layer: permit a plan that leaves one layer.
-        method: choose the layers by a criterion: angular (best block), bi, ppl, taylor, magnitude (the n least
-            important), sleb (iterative), last (layers L-n-1 .. L-2).
+        method: choose the layers by a registered criterion: angular (best block), bi, ppl, taylor, magnitude (the
+            n least important), sleb (iterative), last (layers L-n-1 .. L-2), or any registered since.
         n: layers to remove with ``method``; or ``ratio``, a fraction of the layers.
         data: calibration data (a :class:`~depthprune.DataSpec` or source string) for criteria that need it.
         scores: a ``scores.json`` (path or dict) from ``depthprune score`` to reuse instead of scoring again.
-        tokens, keep_edges, batch_size: scoring options (see :func:`depthprune.scoring.score`).
+        token_positions, keep_edges, batch_size: scoring options (see :func:`depthprune.scoring.score`).
+        criterion_options: the options of further registered criteria, by name (as ``token_positions``).
 
     Returns:
         The executed (or, with ``dry_run``, proposed) plan.
@@ -106,7 +110,12 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
     if layers is not None and (data is not None or keep_edges is not None):
         raise DepthpruneError("--data and --keep-edges would be ignored with --layers (the layers are named, nothing "
                               "is scored); drop them")
-    if method is not None and data is not None and (scores is not None or method in ("last", "magnitude")):
+    entry = None
+    if method is not None:
+        from .selection import check_method
+
+        entry = check_method(method)
+    if entry is not None and data is not None and (scores is not None or not entry.needs_data):
         why = "with --scores (the scores are reused)" if scores is not None else f"with --method {method} (it reads " \
               "no data)"
         raise DepthpruneError(f"--data would be ignored {why}; drop it")
@@ -121,13 +130,9 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
 
     require_all(prune_needs(model, method, data, scores))   # before loading anything
     scores_data = read_scores(scores) if scores is not None else None
-    if method is not None:
-        from .selection import check_method
-
-        check_method(method)
-        if method not in ("last", "magnitude") and scores_data is None and data is None:
-            raise DepthpruneError(f"method {method!r} needs calibration data; pass --data SPEC (e.g. builtin or a "
-                                  ".txt file) or reuse a scores.json with --scores")
+    if entry is not None and entry.needs_data and scores_data is None and data is None:
+        raise DepthpruneError(f"method {method!r} needs calibration data; pass --data SPEC (e.g. builtin or a .txt "
+                              "file) or reuse a scores.json with --scores")
     allow = {"allow_final_layer": allow_final_layer, "allow_first_layer": allow_first_layer,
              "allow_single_layer": allow_single_layer}
     loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device,
@@ -140,7 +145,8 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
         plan = PrunePlan(num_layers=adapter.num_layers, removed_layers=removed, method="manual",
                          settings={"layers": format_layer_list(removed)})
     else:
-        plan, all_scores = _plan_by_criterion(loaded, adapter, method, n, ratio, data, scores_data, tokens,
+        options = {"token_positions": token_positions, **criterion_options}
+        plan, all_scores = _plan_by_criterion(loaded, adapter, entry, n, ratio, data, scores_data, options,
                                               keep_edges, batch_size, allow, device)
         if scores is not None and not isinstance(scores, dict):
             plan.settings["scores_file"] = str(scores)
@@ -182,10 +188,11 @@ def check_scores_model(scores: dict, loaded: LoadedModel) -> None:
                               f"another name, set \"model\" in the scores file to {loaded.description!r}")
 
 
-def _plan_by_criterion(loaded, adapter, method, n, ratio, data, scores_data, tokens, keep_edges, batch_size,
+def _plan_by_criterion(loaded, adapter, entry, n, ratio, data, scores_data, options: dict, keep_edges, batch_size,
                        allow: dict, device) -> tuple[PrunePlan, dict | None]:
     from .selection import resolve_count, select_layers
 
+    method = entry.name
     num_layers = adapter.num_layers
     count = resolve_count(num_layers, n, ratio)
     if scores_data is not None:
@@ -194,17 +201,19 @@ def _plan_by_criterion(loaded, adapter, method, n, ratio, data, scores_data, tok
                                   f"{num_layers}; score this model (depthprune score) or drop --scores")
         check_scores_model(scores_data, loaded)
         all_scores = scores_data
-    elif method == "last":
+    elif not entry.scored:
         all_scores = {"num_layers": num_layers}
     else:
         from .data import DataSpec, calibration_blocks
         from .loading import require_tokenizer
         from .scoring import make_configs, score_model
 
-        configs = make_configs(method, tokens=tokens, keep_edges=keep_edges, sleb_n=count)
+        if entry.count_option is not None:      # an iterative order must reach the n asked for
+            options = {**options, entry.count_option: count}
+        configs = make_configs(method, keep_edges=keep_edges, **options)
         spec = DataSpec(source=data) if isinstance(data, str) else data
         input_ids = None
-        if method != "magnitude":
+        if entry.needs_data:
             input_ids = calibration_blocks(spec, require_tokenizer(loaded), model=loaded.model)
         all_scores = score_model(loaded.model, configs, input_ids=input_ids, batch_size=batch_size, device=device)
         all_scores = {"model": loaded.description, "data": spec.describe() if input_ids is not None else None,
@@ -216,4 +225,4 @@ def _plan_by_criterion(loaded, adapter, method, n, ratio, data, scores_data, tok
                 "data": all_scores.get("data"), "scored_with": all_scores.get("settings", {}).get(method)}
     plan = PrunePlan(num_layers=num_layers, removed_layers=removed, method=method, scores=evidence,
                      settings=settings)
-    return plan, (all_scores if method != "last" else None)
+    return plan, (all_scores if entry.scored else None)

@@ -68,7 +68,7 @@ def test_every_preset_builds_a_valid_config_of_its_method():
 
 @pytest.mark.parametrize("kwargs, fragment", [
     (dict(preset="gromov-lroa"), "did you mean 'gromov-lora'"),
-    (dict(max_steps=3, tokens=100), "either --max-steps or --tokens"),
+    (dict(max_steps=3, tokens=100), "either --max-steps or --train-tokens"),
     (dict(method="lora", lm_loss_weight=0.5), "--method distill only"),
     (dict(dropout=1.5), "--dropout"),
     (dict(rnak=4), "did you mean 'rank'"),

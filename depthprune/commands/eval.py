@@ -9,48 +9,55 @@ mmlu/{dev,test}/*.csv.
 
 from __future__ import annotations
 
-from .common import (add_common_arguments, add_model_arguments, add_output_arguments, non_negative_int, positive_int,
+from .common import (COMMON_OPTIONS, model_options, non_negative_int, output_options, positive_int,
                      refuse_ignored)
+from .schema import Option, add_options
 
 HELP = "evaluate perplexity, lm-eval-style multiple choice and speed"
 
 
-def _batch_sizes(text: str) -> list[int]:
+def _batch_sizes(value) -> list[int]:
     from ..errors import DepthpruneError
 
+    if isinstance(value, (list, tuple)):
+        return [int(size) for size in value]
     try:
-        sizes = [int(part) for part in text.split(",") if part.strip()]
+        sizes = [int(part) for part in str(value).split(",") if part.strip()]
     except ValueError:
-        raise DepthpruneError(f"--speed-batch-sizes takes integers separated by commas (got {text!r})") from None
+        raise DepthpruneError(f"--speed-batch-sizes takes integers separated by commas (got {value!r})") from None
     if not sizes:
         raise DepthpruneError("--speed-batch-sizes needs at least one batch size")
     return sizes
 
 
+OPTIONS = [
+    *COMMON_OPTIONS,
+    *model_options(),
+    Option("ppl", metavar="NAMES",
+           help="perplexity sources, comma-separated: builtin (offline, always there), wikitext2, ptb, c4"),
+    Option("seq_len", default="2048", help="perplexity window length(s), e.g. 128,2048"),
+    Option("ppl_max_windows", positive_int, None, help="score only the first N windows"),
+    Option("tasks", metavar="NAMES", help="boolq,piqa,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa,mmlu"),
+    Option("num_fewshot", non_negative_int, None,
+           help="examples per prompt (default: each task's own; MMLU 5, others 0)"),
+    Option("limit", positive_int, None, help="only the first N items per task (per MMLU subject)"),
+    Option("batch_size", positive_int, 16, help="sequences per forward pass for tasks"),
+    Option("backend", default="local", choices=("local", "lm-eval"),
+           help="local: offline evaluator; lm-eval: the harness itself on the same model wrapper"),
+    Option("data_dir", help="offline data folder (e.g. ../shared/data)"),
+    Option("speed", bool, False, help="time prefill and KV-cached decode"),
+    Option("compare", metavar="BASE",
+           help="base model timed in the same process; reports speed ratios (implies --speed)"),
+    Option("speed_batch_sizes", default="1,4", help="batch sizes to time"),
+    Option("speed_prompt_len", int, 128, help="prompt tokens for prefill timing"),
+    Option("speed_new_tokens", int, 32, help="decode steps for decode timing"),
+    Option("speed_repeats", int, 5, help="timed runs (median reported)"),
+    *output_options(),
+]
+
+
 def add_arguments(parser) -> None:
-    add_common_arguments(parser)
-    add_model_arguments(parser)
-    parser.add_argument("--ppl", default=None, metavar="NAMES", help="perplexity sources, comma-separated: builtin (offline, always there), wikitext2, ptb, c4")
-    parser.add_argument("--seq-len", default="2048", help="perplexity window length(s), e.g. 128,2048")
-    parser.add_argument("--ppl-max-windows", type=positive_int, default=None, help="score only the first N windows")
-    parser.add_argument("--tasks", default=None, metavar="NAMES",
-                        help="boolq,piqa,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa,mmlu")
-    parser.add_argument("--num-fewshot", type=non_negative_int, default=None,
-                        help="examples per prompt (default: each task's own; MMLU 5, others 0)")
-    parser.add_argument("--limit", type=positive_int, default=None,
-                        help="only the first N items per task (per MMLU subject)")
-    parser.add_argument("--batch-size", type=positive_int, default=16, help="sequences per forward pass for tasks")
-    parser.add_argument("--backend", default="local", choices=("local", "lm-eval"),
-                        help="local: offline evaluator; lm-eval: the harness itself on the same model wrapper")
-    parser.add_argument("--data-dir", default=None, help="offline data folder (e.g. ../shared/data)")
-    parser.add_argument("--speed", action="store_true", help="time prefill and KV-cached decode")
-    parser.add_argument("--compare", default=None, metavar="BASE",
-                        help="base model timed in the same process; reports speed ratios (implies --speed)")
-    parser.add_argument("--speed-batch-sizes", default="1,4", help="batch sizes to time")
-    parser.add_argument("--speed-prompt-len", type=int, default=128, help="prompt tokens for prefill timing")
-    parser.add_argument("--speed-new-tokens", type=int, default=32, help="decode steps for decode timing")
-    parser.add_argument("--speed-repeats", type=int, default=5, help="timed runs (median reported)")
-    add_output_arguments(parser)
+    add_options(parser, OPTIONS)
 
 
 def needs(args) -> list[tuple[str, str]]:
@@ -77,12 +84,14 @@ def _check_options(args) -> None:
         refuse_ignored(args, ("data_dir",), "without --ppl or --tasks", fix="add one or drop")
 
 
-def run(args) -> int:
-    from ..evaluate.runner import evaluate, markdown_table, write_results
+def call(args) -> dict:
+    """The results (what results.json holds), written to ``output`` (in Python: if one is given)."""
+    from ..evaluate.runner import evaluate, write_results
     from ..saving import check_output_dir
 
     _check_options(args)
-    check_output_dir(args.output, args.force)  # refuse before the slow part
+    if args.output is not None:
+        check_output_dir(args.output, args.force)  # refuse before the slow part
     results = evaluate(args.model, ppl=args.ppl, seq_len=args.seq_len, tasks=args.tasks,
                        num_fewshot=args.num_fewshot, limit=args.limit, speed=args.speed, compare=args.compare,
                        data_dir=args.data_dir, batch_size=args.batch_size, ppl_max_windows=args.ppl_max_windows,
@@ -90,7 +99,15 @@ def run(args) -> int:
                        speed_prompt_len=args.speed_prompt_len, speed_new_tokens=args.speed_new_tokens,
                        speed_repeats=args.speed_repeats, dtype=args.dtype, device=args.device,
                        trust_remote_code=args.trust_remote_code)
-    write_results(results, args.output, force=args.force)
+    if args.output is not None:
+        write_results(results, args.output, force=args.force)
+    return results
+
+
+def run(args) -> int:
+    from ..evaluate.runner import markdown_table
+
+    results = call(args)
     print(markdown_table(results))
     print(f"saved to {args.output}")
     return 0

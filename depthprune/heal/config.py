@@ -92,11 +92,11 @@ class HealConfig:
         if self.warmup_steps < 0 or self.eval_samples < 0 or self.max_grad_norm < 0 or self.top_k < 0:
             raise DepthpruneError("--warmup-steps, --eval-samples, --max-grad-norm and --top-k must not be negative")
         if self.max_steps is not None and self.tokens is not None:
-            raise DepthpruneError("give either --max-steps or --tokens, not both")
+            raise DepthpruneError("give either --max-steps or --train-tokens, not both")
         if self.max_steps is not None and self.max_steps < 1:
             raise DepthpruneError(f"--max-steps must be at least 1 (got {self.max_steps})")
         if self.tokens is not None and self.tokens < 1:
-            raise DepthpruneError(f"--tokens must be at least 1 (got {self.tokens})")
+            raise DepthpruneError(f"--train-tokens must be at least 1 (got {self.tokens})")
         self._refuse_other_methods_settings()
 
     def _refuse_other_methods_settings(self) -> None:
@@ -119,7 +119,7 @@ class HealConfig:
         if self.max_steps is not None:
             return self.max_steps
         if self.tokens is None:
-            raise DepthpruneError("no training budget; pass --max-steps N or --tokens T")
+            raise DepthpruneError("no training budget; pass --max-steps N or --train-tokens T")
         return max(1, math.ceil(self.tokens / self.tokens_per_step(num_processes)))
 
     def to_dict(self) -> dict:
