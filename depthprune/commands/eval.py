@@ -52,6 +52,8 @@ OPTIONS = [
     Option("speed_prompt_len", int, 128, help="prompt tokens for prefill timing"),
     Option("speed_new_tokens", int, 32, help="decode steps for decode timing"),
     Option("speed_repeats", int, 5, help="timed runs (median reported)"),
+    Option("speed_backend", default="torch", choices=("torch", "llamacpp"),
+           help="torch: the loaded model; llamacpp: the GGUF files in llama.cpp (llama-cpp-python), batch size 1"),
     *output_options(),
 ]
 
@@ -67,7 +69,7 @@ def needs(args) -> list[tuple[str, str]]:
     return eval_needs(args.model, args.ppl, args.tasks, args.data_dir, args.backend, args.compare)
 
 
-SPEED_OPTIONS = ("speed_batch_sizes", "speed_prompt_len", "speed_new_tokens", "speed_repeats")
+SPEED_OPTIONS = ("speed_batch_sizes", "speed_prompt_len", "speed_new_tokens", "speed_repeats", "speed_backend")
 TASK_OPTIONS = ("num_fewshot", "limit", "batch_size", "backend")
 PPL_OPTIONS = ("seq_len", "ppl_max_windows")
 
@@ -76,6 +78,8 @@ def _check_options(args) -> None:
     """Refuse options that belong to a part of the evaluation that was not asked for."""
     if not (args.speed or args.compare):
         refuse_ignored(args, SPEED_OPTIONS, "without --speed (or --compare)", fix="add --speed or drop")
+    if args.speed_backend == "llamacpp":
+        refuse_ignored(args, ("speed_batch_sizes",), "with --speed-backend llamacpp (it times batch size 1)")
     if not args.tasks:
         refuse_ignored(args, TASK_OPTIONS, "without --tasks", fix="add --tasks NAMES or drop")
     if not args.ppl:
@@ -98,7 +102,7 @@ def call(args) -> dict:
                        backend=args.backend, speed_batch_sizes=_batch_sizes(args.speed_batch_sizes),
                        speed_prompt_len=args.speed_prompt_len, speed_new_tokens=args.speed_new_tokens,
                        speed_repeats=args.speed_repeats, dtype=args.dtype, device=args.device,
-                       trust_remote_code=args.trust_remote_code)
+                       trust_remote_code=args.trust_remote_code, speed_backend=args.speed_backend)
     if args.output is not None:
         write_results(results, args.output, force=args.force)
     return results
