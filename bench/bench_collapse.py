@@ -172,7 +172,7 @@ def main(argv=None) -> int:
         start = time.time()
         result = collapse(loaded, DataSpec(source=str(c4), samples=args.laco_samples, seq_len=args.laco_seq_len),
                           dry_run=True, combine=args.combine, interval=args.interval, high=args.laco_high, merge=merge,
-                          target_layers=args.removed, plots=True, progress=False)
+                          remove=args.removed, plots=True, progress=False)
         seconds = time.time() - start
         if result.plot_png:
             Path(args.plots, f"laco_{merge}_high{args.laco_high}_similarity.png").write_bytes(result.plot_png)

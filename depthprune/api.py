@@ -1,8 +1,12 @@
-"""The Python API, one function per CLI verb, with the same option names.
+"""The Python API, one function per CLI verb, made from the verb's own schema (``depthprune.commands.<verb>``).
 
-``depthprune VERB MODEL --some-option X`` is ``depthprune.api.VERB(MODEL, some_option=X)``. Every function accepts a
-model spec (folder, .gguf, hub id, alias) or an already loaded :class:`~depthprune.LoadedModel`, and, as every
-verb's ``--threads``, ``threads=N`` (torch's CPU threads, set before the work starts; None keeps torch's default).
+``depthprune VERB MODEL --some-option X`` is ``depthprune.api.VERB(MODEL, some_option=X)``: the same option names,
+the same defaults, the same checks (an option that would be ignored is refused here too), because every function
+is built from the verb's ``OPTIONS`` and runs the verb's own ``call``. Switches are their Python names
+(``--no-plots`` is ``plots=False``); None means "not given". Every function accepts a model spec (folder, .gguf, hub
+id, alias) or an already loaded :class:`~depthprune.LoadedModel`, calibration data as the command line takes it
+(``data="builtin", samples=16, seq_len=256``) or as a :class:`~depthprune.DataSpec`, and, as every verb's
+``--threads``, ``threads=N`` (torch's CPU threads, set before the work starts; None keeps torch's default).
 
 Example::
 
@@ -16,66 +20,43 @@ Example::
 
 from __future__ import annotations
 
-import functools
+import importlib
 import inspect
-from pathlib import Path
 
-from .collapse import collapse as _collapse
-from .heal.api import heal as _heal
-from .info import info as _info
+from .cli import COMMANDS
+from .commands.common import verb_schema
+from .commands.schema import api_namespace, api_signature
 from .loading import load_model
-from .prune import prune as _prune
-from .recipe import load_recipe, run_recipe as _run
-from .report import write_report as _report
-from .runtime import set_threads
-from .scoring.api import score as _score
-from .sweep import sweep as _sweep
+from .recipe import load_recipe
 
-__all__ = ["collapse", "evaluate", "heal", "info", "load_model", "load_recipe", "prune", "report", "run", "score",
-           "sweep"]
+__all__ = ["collapse", "evaluate", "export", "heal", "info", "load_model", "load_recipe", "prune", "report", "run",
+           "score", "sweep"]
 
 
-def _with_threads(function):
-    """``function`` plus the keyword ``threads`` of every CLI verb: torch's CPU threads, set before the work starts.
+def _verb_function(verb: str, name: str | None = None):
+    """``depthprune.api.<name>``: the verb's ``call`` on Python arguments checked against its schema."""
+    module = importlib.import_module(COMMANDS[verb])
+    schema = verb_schema(module)
 
-    The default, None, leaves torch's own default (the command line instead uses the cores left free).
-    """
-    @functools.wraps(function)
-    def verb(*args, threads: int | None = None, **kwargs):
-        set_threads(threads)
-        return function(*args, **kwargs)
+    def function(*args, **kwargs):
+        # The schema is read again at each call: a criterion registered since import brings its options.
+        return module.call(api_namespace(verb, verb_schema(module), args, kwargs))
 
-    signature = inspect.signature(function)
-    parameters = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    threads = inspect.Parameter("threads", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="int | None")
-    variadic = [p for p in signature.parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD]
-    verb.__signature__ = signature.replace(parameters=[*parameters, threads, *variadic])
-    return verb
-
-
-collapse = _with_threads(_collapse)
-heal = _with_threads(_heal)
-info = _with_threads(_info)
-prune = _with_threads(_prune)
-report = _with_threads(_report)
-run = _with_threads(_run)
-score = _with_threads(_score)
-sweep = _with_threads(_sweep)
+    function.__name__ = function.__qualname__ = name or verb
+    function.__module__ = __name__
+    function.__signature__ = api_signature(schema)
+    function.__doc__ = (f"``depthprune {verb}`` in Python: {module.HELP}.\n\nReturns: "
+                        f"{inspect.getdoc(module.call) or 'its result'}\n\n{module.__doc__}")
+    return function
 
 
-@_with_threads
-def evaluate(model, output: str | Path | None = None, force: bool = False, **options) -> dict:
-    """Evaluate a model (``depthprune eval``); with ``output``, also write ``results.json`` and ``results.md``.
-
-    ``options`` are those of :func:`depthprune.evaluate.runner.evaluate` (``ppl``, ``seq_len``, ``tasks``,
-    ``num_fewshot``, ``limit``, ``speed``, ``compare``, ``data_dir``, ...).
-    """
-    from .evaluate.runner import evaluate as run_evaluation, write_results
-    from .saving import check_output_dir
-
-    if output is not None:
-        check_output_dir(output, force)
-    results = run_evaluation(model, **options)
-    if output is not None:
-        write_results(results, output, force=force)
-    return results
+collapse = _verb_function("collapse")
+evaluate = _verb_function("eval", "evaluate")
+export = _verb_function("export")
+heal = _verb_function("heal")
+info = _verb_function("info")
+prune = _verb_function("prune")
+report = _verb_function("report")
+run = _verb_function("run")
+score = _verb_function("score")
+sweep = _verb_function("sweep")

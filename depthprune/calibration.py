@@ -18,7 +18,6 @@ checkpoint's safetensors just before it runs and dropped right after, so only on
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -88,23 +87,6 @@ def _hidden_of(output) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------ sequential weights
-@contextlib.contextmanager
-def parameters_on_meta():
-    """Create modules with parameters on the meta device but real buffers (rotary ``inv_freq`` must be computed)."""
-    original = nn.Module.register_parameter
-
-    def register(module, name, param):
-        original(module, name, param)
-        if param is not None and param.device.type != "meta":
-            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-
-    nn.Module.register_parameter = register
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = original
-
-
 def release_parameters(module: nn.Module) -> None:
     """Move a module's parameters back to the meta device, freeing their memory."""
     for sub in module.modules():
@@ -162,11 +144,6 @@ class SafetensorsWeights:
         return [name for name in self.file_of if name.startswith(prefix)]
 
 
-def checkpoint_bytes(folder: str | os.PathLike) -> int:
-    """Size of a checkpoint's safetensors on disk (the memory the weights need in their stored dtype)."""
-    return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors"))
-
-
 def available_memory_bytes(device) -> int:
     """Free memory on ``device``: GPU free memory, or the machine's available RAM."""
     device = torch.device(device)
@@ -193,7 +170,10 @@ def load_skeleton(folder: str | os.PathLike, dtype=torch.float32, device="cpu", 
 
     folder = Path(folder)
     config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    with parameters_on_meta():
+    from accelerate import init_empty_weights
+
+    # Parameters on the meta device, buffers real: rotary inv_freq and the like are computed, not read.
+    with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     model.eval()
     adapter = ModelAdapter(model)

@@ -1,6 +1,8 @@
 """The ``depthprune`` command: a thin layer over the Python API.
 
-Each verb is a module in ``depthprune.commands`` with ``HELP``, ``add_arguments(parser)`` and ``run(args)``; the
+Each verb is a module in ``depthprune.commands`` with ``HELP``, ``OPTIONS`` (its schema, see
+``depthprune.commands.schema``: the command line, recipe steps and ``depthprune.api`` all come from it), ``call(args)``
+(the work, returning the result the API returns) and ``run(args)`` (``call`` plus what the command prints); the
 registry below names them explicitly so that a broken verb is an import error, not a silently missing command.
 """
 
@@ -26,26 +28,13 @@ COMMANDS = {
     "sweep": "depthprune.commands.sweep",
     "heal": "depthprune.commands.heal",
     "collapse": "depthprune.commands.collapse",
+    "export": "depthprune.commands.export",
 }
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Shows a default once: only where the help text does not already say it and the default means something.
-
-    argparse's ArgumentDefaultsHelpFormatter appends "(default: None)" even to "... (default text)" and
-    "(default: False)" to every switch.
-    """
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        meaningless = action.default is None or action.default is False or action.default is argparse.SUPPRESS
-        if "default" in text.lower() or meaningless or action.nargs == 0 or not action.option_strings:
-            return text
-        return f"{text} (default: %(default)s)"
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from .commands.common import OneLineErrorParser, add_common_arguments
+    from .commands.common import OneLineErrorParser, verb_schema
+    from .commands.schema import add_options
 
     parser = OneLineErrorParser(prog="depthprune", description="Make LLMs shallower: score, prune, collapse, "
                                      "heal and evaluate decoder layers.")
@@ -55,11 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
         command = sub.add_parser(name, help=module.HELP, description=module.__doc__,
-                                 formatter_class=HelpFormatter)
-        module.add_arguments(command)
-        add_common_arguments(command)   # --threads for every verb, also those that do not add it themselves
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_options(command, verb_schema(module))   # --threads for every verb, also one whose schema leaves it out
+        if hasattr(module, "epilog"):
+            command.epilog = module.epilog()        # e.g. the registered criteria, read when the parser is built
         command.set_defaults(_run=module.run)
     return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed and completed command line (defaults filled in, the given options recorded)."""
+    from .commands.schema import parse
+
+    return parse(build_parser(), argv)
 
 
 class Terminated(KeyboardInterrupt):
@@ -71,8 +68,7 @@ def _raise_terminated(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="depthprune: %(message)s")
     # A kill (SIGTERM) unwinds like Ctrl-C unless the caller chose otherwise (an ignored or custom handler stays).

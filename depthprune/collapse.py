@@ -278,8 +278,9 @@ class LacoConfig:
         interval: I, step down after an accepted merge; at least 1.
         threshold: T, accept when the similarity is above it. None: 0.45, or searched in target mode.
         merge: ``paper`` (RDSC, default) or ``notebook`` (the official notebooks' in-place bug).
-        target_layers: target mode: remove exactly this many layers, searching T.
-        target_ratio: target mode as a fraction of the layers (rounded).
+        remove: target mode: remove exactly this many layers, searching T.
+        remove_ratio: target mode as a fraction of the layers removed (rounded).
+        target_depth: target mode as the number of layers kept.
     """
 
     combine: int = 7
@@ -288,13 +289,15 @@ class LacoConfig:
     interval: int = 1
     threshold: float | None = None
     merge: str = "paper"
-    target_layers: int | None = None
-    target_ratio: float | None = None
+    remove: int | None = None
+    remove_ratio: float | None = None
+    target_depth: int | None = None
 
     DEFAULT_THRESHOLD = 0.45
 
     def resolved(self, num_layers: int) -> "LacoConfig":
-        """A copy with ``high``, ``threshold`` and ``target_layers`` filled in, validated for a model's depth."""
+        """A copy with ``high``, ``threshold`` and ``remove`` (the layers to remove, in target mode) filled in,
+        validated for a model's depth."""
         check_merge_mode(self.merge)
         high = num_layers - 1 if self.high is None else self.high
         if not isinstance(self.combine, int) or self.combine < 2:
@@ -307,28 +310,39 @@ class LacoConfig:
         if high - self.combine < self.low:
             raise DepthpruneError(f"the walk starts at high - combine = {high - self.combine}, below --low "
                                   f"{self.low}: nothing to merge; widen the range or lower --combine")
-        target = self.target_layers
-        if self.target_layers is not None and self.target_ratio is not None:
-            raise DepthpruneError("give --target-layers or --target-ratio, not both")
-        if self.target_ratio is not None:
-            if not 0 < self.target_ratio < 1:
-                raise DepthpruneError(f"--target-ratio must be between 0 and 1, got {self.target_ratio}")
-            target = round(self.target_ratio * num_layers)
-            if target < 1:
-                raise DepthpruneError(f"--target-ratio {self.target_ratio} of {num_layers} layers removes none; "
-                                      "raise it")
-        if target is not None:
-            if self.threshold is not None:
-                raise DepthpruneError("give --threshold or a target (--target-layers/--target-ratio), not both: the "
-                                      "target mode searches the threshold")
-            if not isinstance(target, int) or not 1 <= target <= num_layers - 1:
-                raise DepthpruneError(f"--target-layers must be between 1 and {num_layers - 1}, got {target!r}")
+        remove = self._layers_to_remove(num_layers)
+        if remove is not None and self.threshold is not None:
+            raise DepthpruneError("give --threshold or a target (--remove/--remove-ratio/--target-depth), not both: "
+                                  "the target mode searches the threshold")
         threshold = self.threshold
-        if threshold is None and target is None:
+        if threshold is None and remove is None:
             threshold = self.DEFAULT_THRESHOLD
         if threshold is not None and not -1.0 <= threshold <= 1.0:
             raise DepthpruneError(f"--threshold is a cosine similarity in [-1, 1], got {threshold}")
-        return dataclasses.replace(self, high=high, threshold=threshold, target_layers=target)
+        return dataclasses.replace(self, high=high, threshold=threshold, remove=remove)
+
+    def _layers_to_remove(self, num_layers: int) -> int | None:
+        """The target as a count of layers removed (None: threshold mode), from whichever target was given."""
+        given = [name for name in ("remove", "remove_ratio", "target_depth") if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise DepthpruneError(f"give one of --remove, --remove-ratio, --target-depth, not "
+                                  f"{' and '.join('--' + name.replace('_', '-') for name in given)}")
+        if self.remove_ratio is not None:
+            if not 0 < self.remove_ratio < 1:
+                raise DepthpruneError(f"--remove-ratio must be between 0 and 1, got {self.remove_ratio}")
+            remove = round(self.remove_ratio * num_layers)
+            if remove < 1:
+                raise DepthpruneError(f"--remove-ratio {self.remove_ratio} of {num_layers} layers removes none; "
+                                      "raise it")
+            return remove
+        if self.target_depth is not None:
+            if not isinstance(self.target_depth, int) or not 1 <= self.target_depth <= num_layers - 1:
+                raise DepthpruneError(f"--target-depth must be between 1 and {num_layers - 1} (the layers kept), "
+                                      f"got {self.target_depth!r}")
+            return num_layers - self.target_depth
+        if self.remove is not None and (not isinstance(self.remove, int) or not 1 <= self.remove <= num_layers - 1):
+            raise DepthpruneError(f"--remove must be between 1 and {num_layers - 1}, got {self.remove!r}")
+        return self.remove
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -514,6 +528,7 @@ class CollapseResult:
     removed_original: list[int] = field(default_factory=list)
     candidates_evaluated: int = 0    # forward passes over the calibration blocks, all walks of the search included
     threshold_search: list[dict] = field(default_factory=list)
+    groups_original: list[list[int]] = field(default_factory=list)   # per remaining layer: original layers held
     plot_png: bytes | None = None
     output: Path | None = None
 
@@ -542,11 +557,11 @@ def collapse_needs(model, data="builtin", plots: bool = True) -> list[tuple[str,
 
 def collapse(model: str | LoadedModel, data: str | DataSpec = "builtin", output: str | Path | None = None, *,
              combine: int = 7, low: int = 0, high: int | None = None, interval: int = 1,
-             threshold: float | None = None, merge: str = "paper", target_layers: int | None = None,
-             target_ratio: float | None = None, samples: int = 5, seq_len: int = 128, seed: int = 0,
-             text_field: str | None = None, chat_template: bool = False, force: bool = False, dry_run: bool = False,
-             plots: bool = True, batch_size: int = 8, progress: bool = True, dtype="auto", device="cpu",
-             trust_remote_code: bool = False) -> CollapseResult:
+             threshold: float | None = None, merge: str = "paper", remove: int | None = None,
+             remove_ratio: float | None = None, target_depth: int | None = None, samples: int = 5,
+             seq_len: int = 128, seed: int = 0, text_field: str | None = None, chat_template: bool = False,
+             force: bool = False, dry_run: bool = False, plots: bool = True, batch_size: int = 8,
+             progress: bool = True, dtype="auto", device="cpu", trust_remote_code: bool = False) -> CollapseResult:
     """Collapse layers with LaCo and save an ordinary checkpoint (``depthprune collapse MODEL ...``).
 
     Args:
@@ -554,7 +569,8 @@ def collapse(model: str | LoadedModel, data: str | DataSpec = "builtin", output:
             holds a new model that shares every tensor but the merged layers').
         data: calibration text (a data spec or :class:`DataSpec`); a handful of blocks is enough.
         output: destination folder (required unless ``dry_run``).
-        combine, low, high, interval, threshold, merge, target_layers, target_ratio: see :class:`LacoConfig`.
+        combine, low, high, interval, threshold, merge, remove, remove_ratio, target_depth: see
+            :class:`LacoConfig` (at most one of the three targets).
         samples, seq_len, seed, text_field, chat_template: how the calibration blocks are cut (when ``data`` is
             a string).
         force: replace an existing ``output``.
@@ -568,7 +584,7 @@ def collapse(model: str | LoadedModel, data: str | DataSpec = "builtin", output:
         ``from``, similarity) and every rejected candidate in the ORIGINAL model's numbering.
     """
     config = LacoConfig(combine=combine, low=low, high=high, interval=interval, threshold=threshold, merge=merge,
-                        target_layers=target_layers, target_ratio=target_ratio)
+                        remove=remove, remove_ratio=remove_ratio, target_depth=target_depth)
     check_merge_mode(merge)
     if output is None and not dry_run:
         raise DepthpruneError("no --output given; name the folder for the collapsed model (or use --dry-run)")
@@ -579,69 +595,77 @@ def collapse(model: str | LoadedModel, data: str | DataSpec = "builtin", output:
     require_all(collapse_needs(model, data, plots))   # before loading anything
     loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device,
                                                                       trust_remote_code=trust_remote_code)
-    adapter = ModelAdapter(loaded.model)
-    num_layers = adapter.num_layers
+    num_layers = ModelAdapter(loaded.model).num_layers
     config = config.resolved(num_layers)
     check_mergeable(loaded.model, config.low, num_layers - 1)
     spec = data if isinstance(data, DataSpec) else DataSpec(source=str(data), samples=samples, seq_len=seq_len,
                                                              seed=seed, text_field=text_field,
                                                              chat_template=chat_template)
     blocks = calibration_blocks(spec, loaded.tokenizer, model=loaded.model)   # (samples, seq_len)
+    outcome = _walk_and_merge(loaded, blocks, config, spec, batch_size=batch_size, progress=progress, plots=plots)
+    if dry_run:
+        return outcome
 
+    from .prune import save_pruned
+
+    extra_files = {PLOT_FILE: outcome.plot_png} if outcome.plot_png is not None else None
+    saved = dataclasses.replace(loaded, model=outcome.model)
+    outcome.output = save_pruned(saved, outcome.plan, output, force=force,
+                                 extra_metadata={COLLAPSE_KEY: _collapse_metadata(outcome, spec)},
+                                 extra_files=extra_files)
+    return outcome
+
+
+def _walk_and_merge(loaded: LoadedModel, blocks: torch.Tensor, config: LacoConfig, spec: DataSpec, *,
+                    batch_size: int, progress: bool, plots: bool) -> CollapseResult:
+    """Run the walk (searching the threshold in target mode) and build the collapsed model, its plan and plot."""
+    num_layers = ModelAdapter(loaded.model).num_layers
     evaluator = CandidateEvaluator(loaded.model, blocks, config.merge, batch_size=batch_size, progress=progress)
     try:
         def walk(value: float) -> WalkResult:
             return acceptance_walk(num_layers, config.combine, config.low, config.high, config.interval, value,
-                                   evaluator, max_removed=config.target_layers)
+                                   evaluator, max_removed=config.remove)
 
         search = []
-        if config.target_layers is not None:
-            found, result, search = search_threshold(walk, config.target_layers)
+        if config.remove is not None:
+            found, result, search = search_threshold(walk, config.remove)
         else:
             found, result = config.threshold, walk(config.threshold)
-        history = tuple((s.base, s.count) for s in result.accepted)
-        collapsed = evaluator.model_for(history)
+        collapsed = evaluator.model_for(tuple((s.base, s.count) for s in result.accepted))
     finally:
         evaluator.close()
 
     parent = read_metadata(loaded.checkpoint_dir)
     to_original = parent["kept_layers"] if parent and "kept_layers" in parent else list(range(num_layers))
-    merges = [_step_record(step, to_original) for step in result.accepted]
-    rejected = [_step_record(step, to_original) for step in result.rejected]
     plan = PrunePlan(num_layers=num_layers, removed_layers=result.removed_layers, method=METHOD_NAMES[config.merge],
                      scores={"similarity_per_step": [dataclasses.asdict(s) for s in result.steps]},
                      settings={**config.to_dict(), "threshold_used": found, **spec.describe()})
     title = (f"LaCo {MERGE_LABELS[config.merge]}: {num_layers} -> {len(result.groups)} layers, "
              f"C={config.combine} I={config.interval} T={found:.4f}")
     png = similarity_plot(result.steps, found, title) if plots and result.steps else None
-    outcome = CollapseResult(model=collapsed, tokenizer=loaded.tokenizer, plan=plan, config=config, threshold=found,
-                             walk=result, merges=merges, rejected=rejected,
-                             removed_original=[to_original[i] for i in result.removed_layers],
-                             candidates_evaluated=len(evaluator.similarities), threshold_search=search,
-                             plot_png=png)
-    if dry_run:
-        return outcome
+    return CollapseResult(model=collapsed, tokenizer=loaded.tokenizer, plan=plan, config=config, threshold=found,
+                          walk=result, merges=[_step_record(step, to_original) for step in result.accepted],
+                          rejected=[_step_record(step, to_original) for step in result.rejected],
+                          removed_original=[to_original[i] for i in result.removed_layers],
+                          candidates_evaluated=len(evaluator.similarities), threshold_search=search,
+                          plot_png=png, groups_original=[[to_original[i] for i in g] for g in result.groups])
 
-    from .prune import save_pruned
 
-    collapse_metadata = {
-        "merge": config.merge,
-        "merge_label": MERGE_LABELS[config.merge],
+def _collapse_metadata(outcome: CollapseResult, spec: DataSpec) -> dict:
+    """What depthprune.json records of a collapse, every layer in the original (base model) numbering."""
+    return {
+        "merge": outcome.config.merge,
+        "merge_label": MERGE_LABELS[outcome.config.merge],
         "norms": "each merged layer keeps its own (base layer's) norms",
         "representation": REPRESENTATION,
-        "threshold": found,
-        "threshold_searched": config.target_layers is not None,
-        "threshold_search": search,
-        "candidates_evaluated": len(evaluator.similarities),
-        "settings": config.to_dict(),
+        "threshold": outcome.threshold,
+        "threshold_searched": outcome.config.remove is not None,
+        "threshold_search": outcome.threshold_search,
+        "candidates_evaluated": outcome.candidates_evaluated,
+        "settings": outcome.config.to_dict(),
         "calibration": spec.describe(),
-        "merges": merges,
-        "rejected": rejected,
-        "groups": [[to_original[i] for i in group] for group in result.groups],
+        "merges": outcome.merges,
+        "rejected": outcome.rejected,
+        "groups": outcome.groups_original,
         "numbering": "original (base model) layer numbers, 0-based",
     }
-    extra_files = {PLOT_FILE: png} if png is not None else None
-    saved = dataclasses.replace(loaded, model=collapsed)
-    outcome.output = save_pruned(saved, plan, output, force=force, extra_metadata={COLLAPSE_KEY: collapse_metadata},
-                                 extra_files=extra_files)
-    return outcome

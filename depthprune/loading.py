@@ -112,6 +112,26 @@ def checkpoint_dtype(folder: str | os.PathLike) -> torch.dtype:
     return max(elements, key=elements.get) if elements else torch.float32
 
 
+# Weight files a checkpoint folder may hold, in the order loading prefers them.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+def checkpoint_bytes(folder: str | os.PathLike | None) -> int:
+    """Bytes of the weight files in a checkpoint folder (the memory its weights take in their stored dtype).
+
+    Counts the files of the first kind present (``*.safetensors``, else ``*.bin``, ``*.pt``, ``*.gguf``), so a
+    repository shipping the same weights twice is counted once; 0 when ``folder`` is None or holds none.
+    """
+    if folder is None or not Path(folder).is_dir():
+        return 0
+    files = [p for p in Path(folder).iterdir() if p.is_file()]
+    for suffix in WEIGHT_SUFFIXES:
+        sizes = [p.stat().st_size for p in files if p.suffix == suffix]
+        if sizes:
+            return sum(sizes)
+    return 0
+
+
 def resolve_alias(name: str) -> tuple[Path, str]:
     """Path of an aliased model file and its description; a clear error when its package is missing."""
     package, filename, description = MODEL_ALIASES[name]
@@ -167,9 +187,16 @@ def _load_gguf(gguf_path: Path, trust_remote_code: bool):
 
     from .saving import atomic_output_dir
 
+    from .filesurgery.gguf_files import GgufModel
+    from .metadata import METADATA_FILE
+    from .saving import write_json_atomic
+
+    provenance = GgufModel.open(gguf_path).parent_metadata()   # a GGUF depthprune pruned carries its plan
     with atomic_output_dir(cache_dir, force=True) as tmp:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if provenance is not None:
+            write_json_atomic(tmp / METADATA_FILE, provenance)
     return cache_dir
 
 

@@ -14,12 +14,15 @@ from .saving import check_output_dir, read_metadata, save
 logger = logging.getLogger(__name__)
 
 
-def original_numbering(loaded: LoadedModel, plan: PrunePlan) -> dict:
+def original_numbering(loaded: LoadedModel, plan: PrunePlan, parent: dict | None = None) -> dict:
     """Provenance fields in the ORIGINAL base model's numbering, following an earlier depthprune step if any.
 
     Pruning an already pruned checkpoint composes: its ``kept_layers`` map our indices back to the base model.
+    ``parent`` is that step's metadata when it is not in a ``depthprune.json`` beside the weights (a GGUF holds
+    it inside).
     """
-    parent = read_metadata(loaded.checkpoint_dir, num_layers=plan.num_layers)
+    if parent is None:
+        parent = read_metadata(loaded.checkpoint_dir, num_layers=plan.num_layers)
     if parent and "kept_layers" in parent:
         base_kept = parent["kept_layers"]
         kept = [base_kept[i] for i in plan.kept_layers]
@@ -52,10 +55,15 @@ def apply_plan(model, plan: PrunePlan, **allow) -> None:
     adapter.keep_layers(kept)
 
 
+def pruned_metadata(loaded: LoadedModel, plan: PrunePlan, parent: dict | None = None) -> dict:
+    """The ``depthprune.json`` of a pruned model: provenance in the original numbering, the method and the plan."""
+    return {**original_numbering(loaded, plan, parent), "method": plan.method, "plan": plan.to_dict()}
+
+
 def save_pruned(loaded: LoadedModel, plan: PrunePlan, output, force: bool = False, extra_metadata: dict | None = None,
                 extra_files: dict | None = None) -> Path:
     """Save an already pruned ``loaded.model`` with the plan and its provenance in ``depthprune.json``."""
-    metadata = {**original_numbering(loaded, plan), "method": plan.method, "plan": plan.to_dict()}
+    metadata = pruned_metadata(loaded, plan)
     metadata.update(extra_metadata or {})
     return save(loaded.model, loaded.tokenizer, output, metadata=metadata, force=force, extra_files=extra_files)
 
@@ -65,8 +73,11 @@ def prune_needs(model, method: str | None = None, data=None, scores=None) -> lis
     from .extras import data_needs, model_needs
 
     needs = model_needs(model)
-    if method not in (None, "last", "magnitude") and scores is None:
-        needs += data_needs(data)
+    if method is not None and scores is None:
+        from .selection import check_method
+
+        if check_method(method).needs_data:
+            needs += data_needs(data)
     return needs
 
 
@@ -74,8 +85,9 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
           force: bool = False, dry_run: bool = False, allow_final_layer: bool = False, allow_first_layer: bool = False,
           allow_single_layer: bool = False, dtype="auto", device="cpu",
           trust_remote_code: bool = False, method: str | None = None, n: int | None = None,
-          ratio: float | None = None, data=None, scores: str | Path | dict | None = None, tokens: str = "last",
-          keep_edges: bool | None = None, batch_size: int = 8) -> PrunePlan:
+          ratio: float | None = None, data=None, scores: str | Path | dict | None = None, token_positions: str = "last",
+          keep_edges: bool | None = None, batch_size: int = 8, format: str | None = None, surgery: str = "auto",
+          **criterion_options) -> PrunePlan:
     """Remove layers and save an ordinary checkpoint (``depthprune prune MODEL --layers ...`` or ``--method ...``).
 
     Args:
@@ -87,12 +99,17 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
         allow_final_layer: permit removing the last layer.
         allow_first_layer: permit removing layer 0.
         allow_single_layer: permit a plan that leaves one layer.
-        method: choose the layers by a criterion: angular (best block), bi, ppl, taylor, magnitude (the n least
-            important), sleb (iterative), last (layers L-n-1 .. L-2).
+        method: choose the layers by a registered criterion: angular (best block), bi, ppl, taylor, magnitude (the
+            n least important), sleb (iterative), last (layers L-n-1 .. L-2), or any registered since.
         n: layers to remove with ``method``; or ``ratio``, a fraction of the layers.
         data: calibration data (a :class:`~depthprune.DataSpec` or source string) for criteria that need it.
         scores: a ``scores.json`` (path or dict) from ``depthprune score`` to reuse instead of scoring again.
-        tokens, keep_edges, batch_size: scoring options (see :func:`depthprune.scoring.score`).
+        token_positions, keep_edges, batch_size: scoring options (see :func:`depthprune.scoring.score`).
+        format: ``safetensors`` (a checkpoint folder) or ``gguf`` (one file, from a GGUF source's bytes); default:
+            ``gguf`` when ``output`` ends in ``.gguf``.
+        surgery: ``auto`` copies the kept tensors at the file level when the plan needs no weights and the source
+            is a safetensors folder (or a GGUF written as GGUF), and says so; ``file`` insists, ``memory`` loads.
+        criterion_options: the options of further registered criteria, by name (as ``token_positions``).
 
     Returns:
         The executed (or, with ``dry_run``, proposed) plan.
@@ -106,7 +123,12 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
     if layers is not None and (data is not None or keep_edges is not None):
         raise DepthpruneError("--data and --keep-edges would be ignored with --layers (the layers are named, nothing "
                               "is scored); drop them")
-    if method is not None and data is not None and (scores is not None or method in ("last", "magnitude")):
+    entry = None
+    if method is not None:
+        from .selection import check_method
+
+        entry = check_method(method)
+    if entry is not None and data is not None and (scores is not None or not entry.needs_data):
         why = "with --scores (the scores are reused)" if scores is not None else f"with --method {method} (it reads " \
               "no data)"
         raise DepthpruneError(f"--data would be ignored {why}; drop it")
@@ -115,24 +137,28 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
         layer_list = parse_layer_list(layers) if isinstance(layers, str) else list(layers)
     if output is None and not dry_run:
         raise DepthpruneError("no --output given; name the folder for the pruned model (or use --dry-run)")
+    from .filesurgery import choose_route, open_for_route
+
+    needs_weights = entry is not None and entry.scored and scores is None    # a criterion that scores them
+    route = choose_route(model, output, format, surgery, needs_weights=needs_weights, dtype=dtype)
     if output is not None and not dry_run:
-        check_output_dir(output, force)   # fail before loading anything
+        if route.writes_file:
+            from .filesurgery.output import check_output_file
+
+            check_output_file(output, force)
+        else:
+            check_output_dir(output, force)   # fail before loading anything
     from .extras import require_all
 
-    require_all(prune_needs(model, method, data, scores))   # before loading anything
+    gguf_needs = [("gguf", f"writing {output}")] if route.writes_file else []
+    require_all(prune_needs(model, method, data, scores) + gguf_needs)   # before loading anything
     scores_data = read_scores(scores) if scores is not None else None
-    if method is not None:
-        from .selection import check_method
-
-        check_method(method)
-        if method not in ("last", "magnitude") and scores_data is None and data is None:
-            raise DepthpruneError(f"method {method!r} needs calibration data; pass --data SPEC (e.g. builtin or a "
-                                  ".txt file) or reuse a scores.json with --scores")
+    if entry is not None and entry.needs_data and scores_data is None and data is None:
+        raise DepthpruneError(f"method {method!r} needs calibration data; pass --data SPEC (e.g. builtin or a .txt "
+                              "file) or reuse a scores.json with --scores")
     allow = {"allow_final_layer": allow_final_layer, "allow_first_layer": allow_first_layer,
              "allow_single_layer": allow_single_layer}
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device,
-                                                                      trust_remote_code=trust_remote_code)
-    adapter = ModelAdapter(loaded.model)
+    loaded, adapter = open_for_route(route, model, dtype, device, trust_remote_code)   # weightless for file surgery
     read_metadata(loaded.checkpoint_dir, num_layers=adapter.num_layers)   # a foreign depthprune.json: refuse now
     extra_files = None
     if method is None:
@@ -140,12 +166,21 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
         plan = PrunePlan(num_layers=adapter.num_layers, removed_layers=removed, method="manual",
                          settings={"layers": format_layer_list(removed)})
     else:
-        plan, all_scores = _plan_by_criterion(loaded, adapter, method, n, ratio, data, scores_data, tokens,
+        options = {"token_positions": token_positions, **criterion_options}
+        plan, all_scores = _plan_by_criterion(loaded, adapter, entry, n, ratio, data, scores_data, options,
                                               keep_edges, batch_size, allow, device)
         if scores is not None and not isinstance(scores, dict):
             plan.settings["scores_file"] = str(scores)
         extra_files = {"scores.json": all_scores} if all_scores else None
     if dry_run:
+        return plan
+    if route.kind != "memory":
+        from .filesurgery import write_route
+        from .filesurgery.route import gguf_parent
+
+        route.announce()
+        metadata = pruned_metadata(loaded, plan, parent=gguf_parent(route))
+        write_route(route, loaded, adapter, plan, output, force, metadata, allow, extra_files=extra_files)
         return plan
     apply_plan(loaded.model, plan, **allow)
     save_pruned(loaded, plan, output, force=force, extra_files=extra_files)
@@ -182,10 +217,11 @@ def check_scores_model(scores: dict, loaded: LoadedModel) -> None:
                               f"another name, set \"model\" in the scores file to {loaded.description!r}")
 
 
-def _plan_by_criterion(loaded, adapter, method, n, ratio, data, scores_data, tokens, keep_edges, batch_size,
+def _plan_by_criterion(loaded, adapter, entry, n, ratio, data, scores_data, options: dict, keep_edges, batch_size,
                        allow: dict, device) -> tuple[PrunePlan, dict | None]:
     from .selection import resolve_count, select_layers
 
+    method = entry.name
     num_layers = adapter.num_layers
     count = resolve_count(num_layers, n, ratio)
     if scores_data is not None:
@@ -194,17 +230,19 @@ def _plan_by_criterion(loaded, adapter, method, n, ratio, data, scores_data, tok
                                   f"{num_layers}; score this model (depthprune score) or drop --scores")
         check_scores_model(scores_data, loaded)
         all_scores = scores_data
-    elif method == "last":
+    elif not entry.scored:
         all_scores = {"num_layers": num_layers}
     else:
         from .data import DataSpec, calibration_blocks
         from .loading import require_tokenizer
         from .scoring import make_configs, score_model
 
-        configs = make_configs(method, tokens=tokens, keep_edges=keep_edges, sleb_n=count)
+        if entry.count_option is not None:      # an iterative order must reach the n asked for
+            options = {**options, entry.count_option: count}
+        configs = make_configs(method, keep_edges=keep_edges, **options)
         spec = DataSpec(source=data) if isinstance(data, str) else data
         input_ids = None
-        if method != "magnitude":
+        if entry.needs_data:
             input_ids = calibration_blocks(spec, require_tokenizer(loaded), model=loaded.model)
         all_scores = score_model(loaded.model, configs, input_ids=input_ids, batch_size=batch_size, device=device)
         all_scores = {"model": loaded.description, "data": spec.describe() if input_ids is not None else None,
@@ -216,4 +254,4 @@ def _plan_by_criterion(loaded, adapter, method, n, ratio, data, scores_data, tok
                 "data": all_scores.get("data"), "scored_with": all_scores.get("settings", {}).get(method)}
     plan = PrunePlan(num_layers=num_layers, removed_layers=removed, method=method, scores=evidence,
                      settings=settings)
-    return plan, (all_scores if method != "last" else None)
+    return plan, (all_scores if entry.scored else None)

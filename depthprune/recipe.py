@@ -1,8 +1,9 @@
 """Recipes: a YAML file that runs a whole pipeline (score, prune or collapse, heal, eval, report) in one run folder.
 
 One schema for YAML, CLI and Python API: a step's keys are exactly the options of the CLI verb of the same name
-(``seq_len`` or ``seq-len`` for ``--seq-len``), validated by that verb's own argument parser, so a recipe can never
-drift from the command line. Unknown keys are errors that list the valid ones.
+(``seq_len`` or ``seq-len`` for ``--seq-len``; ``no_plots: true`` for ``--no-plots``), checked against that verb's
+``OPTIONS`` (see depthprune.commands.schema) and parsed by the parser made from them, so a recipe can never drift
+from the command line. An unknown key is a one-line error that lists the valid ones and the closest.
 
 Example::
 
@@ -70,84 +71,94 @@ class Recipe:
 
 
 def _closest(word: str, options) -> str:
-    match = difflib.get_close_matches(word, list(options), n=1)
-    return f"; did you mean {match[0]!r}?" if match else ""
+    from .commands.schema import closest
+
+    return closest(word, options)
 
 
-def _verb_parser(verb: str) -> tuple[argparse.ArgumentParser, object]:
+class _StepParser(argparse.ArgumentParser):
+    """A verb's parser for one recipe step: its errors are one-line DepthpruneErrors naming the step."""
+
+    def __init__(self, where: str, **kwargs):
+        super().__init__(**kwargs)
+        self.where = where
+
+    def error(self, message):
+        raise DepthpruneError(f"{self.where}: {message}")
+
+
+def _verb_schema(verb: str) -> tuple[list, object]:
+    """The options (see depthprune.commands.schema) and the module of a verb a recipe step may name."""
     from .cli import COMMANDS
+    from .commands.common import verb_schema
 
     if verb not in COMMANDS or verb in ("run", "info"):
         runnable = [v for v in COMMANDS if v not in ("run", "info")]
         raise DepthpruneError(f"unknown recipe step {verb!r}; valid steps: {', '.join(runnable)}"
                               f"{_closest(verb, runnable)}")
     module = importlib.import_module(COMMANDS[verb])
-    parser = argparse.ArgumentParser(prog=f"depthprune {verb}", add_help=False)
-    module.add_arguments(parser)
-    return parser, module
+    return verb_schema(module), module
 
 
-def _options_of(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    return {action.dest: action for action in parser._actions if action.dest != argparse.SUPPRESS}
+def _where(step: RecipeStep) -> str:
+    return f"recipe step {step.index} ({step.verb})"
+
+
+def _option_argv(option, key: str, value, where: str) -> list[str]:
+    """The command-line words of one step key: ``seq_len: 256`` -> ``--seq-len 256``, ``no_plots: true`` ->
+    ``--no-plots`` (as ``plots: false``), ``keep_edges: false`` -> ``--no-keep-edges``."""
+    if option.type is bool:
+        if not isinstance(value, bool):
+            raise DepthpruneError(f"{where}: {key!r} is a switch; write true/false")
+        if option.default is None:      # --x/--no-x
+            return [option.long if value else f"--no-{option.long[2:]}"]
+        named_by_flag = key.replace("-", "_") == option.key     # no_plots: true, or plots: false
+        return [option.long] if (value if named_by_flag else value != option.default) else []
+    if value is None:
+        return []
+    if option.many:
+        return [word for item in (value if isinstance(value, (list, tuple)) else [value])
+                for word in (option.long, str(item))]
+    if isinstance(value, (list, tuple)):
+        value = ",".join(str(v) for v in value)
+    return [option.long, str(value)]
 
 
 def step_argv(step: RecipeStep, model: str | None, output: str | None, extra: dict | None = None) -> list[str]:
-    """The command line equivalent of a step: validated against the verb's parser."""
-    parser, _ = _verb_parser(step.verb)
-    actions = _options_of(parser)
+    """The command line equivalent of a step, its keys checked against the verb's options."""
+    from .commands.schema import find_option, options_of
+
+    schema, _ = _verb_schema(step.verb)
     options = {**(extra or {}), **step.options}
     argv: list[str] = []
-    positionals = [a for a in parser._actions if not a.option_strings and a.dest != argparse.SUPPRESS]
-    for action in positionals:
-        if action.dest == "model":
+    for option in options_of(schema):
+        if option.positional and option.name == "model":
             value = options.pop("model", model)
             if value is None:
-                raise DepthpruneError(f"recipe step {step.index} ({step.verb}) needs a model")
+                raise DepthpruneError(f"{_where(step)} needs a model")
             argv.append(str(value))
-        elif action.dest == "run_dirs":
+        elif option.positional and option.name == "run_dirs":
             argv.extend(str(v) for v in options.pop("run_dirs", []))
     for key, value in options.items():
-        dest = key.replace("-", "_")
-        if dest in RUNNER_OWNED:
-            raise DepthpruneError(f"recipe step {step.index} ({step.verb}): {key!r} is set by the run itself; "
-                                  "remove it (the run folder is the recipe's 'output')")
-        action = actions.get(dest)
-        if action is None or not action.option_strings:
-            valid = sorted(d for d, a in actions.items() if a.option_strings and d not in RUNNER_OWNED | {"help"})
-            raise DepthpruneError(f"recipe step {step.index} ({step.verb}): unknown option {key!r}; valid: "
-                                  f"{', '.join(valid)}{_closest(dest, valid)}")
-        flag = next(o for o in action.option_strings if o.startswith("--"))
-        if isinstance(action, argparse.BooleanOptionalAction):
-            if not isinstance(value, bool):
-                raise DepthpruneError(f"recipe step {step.index} ({step.verb}): {key!r} is a switch; write true/false")
-            argv.append(flag if value else f"--no-{flag[2:]}")
-            continue
-        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-            if not isinstance(value, bool):
-                raise DepthpruneError(f"recipe step {step.index} ({step.verb}): {key!r} is a switch; write true/false")
-            if value == isinstance(action, argparse._StoreTrueAction):
-                argv.append(flag)
-            continue
-        if value is None:
-            continue
-        if isinstance(value, (list, tuple)):
-            value = ",".join(str(v) for v in value)
-        argv.extend([flag, str(value)])
-    if output is not None and "output" in actions:
+        if key.replace("-", "_") in RUNNER_OWNED:
+            raise DepthpruneError(f"{_where(step)}: {key!r} is set by the run itself; remove it (the run folder is "
+                                  "the recipe's 'output')")
+        option = find_option(schema, key, _where(step), hidden=RUNNER_OWNED)
+        argv.extend(_option_argv(option, key, value, _where(step)))
+    if output is not None and any(o.name == "output" for o in options_of(schema)):
         argv.extend(["--output", str(output)])
     return argv
 
 
 def parse_step(step: RecipeStep, model: str | None, output: str | None, extra: dict | None = None):
     """Validate a step; returns the verb module, its parsed arguments and the equivalent command line."""
-    parser, module = _verb_parser(step.verb)
+    from .commands.schema import add_options, parse
+
+    schema, module = _verb_schema(step.verb)
     argv = step_argv(step, model, output, extra)
-
-    def fail(message):   # argparse would exit; we want a DepthpruneError naming the step
-        raise DepthpruneError(f"recipe step {step.index} ({step.verb}): {message}")
-
-    parser.error = fail
-    return module, parser.parse_args(argv), argv
+    parser = _StepParser(_where(step), prog=f"depthprune {step.verb}", add_help=False)
+    add_options(parser, schema)
+    return module, parse(parser, argv), argv
 
 
 def load_recipe(path: str | Path | dict) -> Recipe:
@@ -196,9 +207,18 @@ def load_recipe(path: str | Path | dict) -> Recipe:
 
 
 def _defaults_for(step: RecipeStep, defaults: dict) -> dict:
-    parser, _ = _verb_parser(step.verb)
-    accepted = _options_of(parser)
-    return {k: v for k, v in defaults.items() if k.replace("-", "_") in accepted}
+    """The recipe's ``defaults`` that this step's verb has (a renamed one is an error naming the new name)."""
+    from .commands.schema import Renamed, lookup
+
+    schema, _ = _verb_schema(step.verb)
+    accepted = {}
+    for key, value in defaults.items():
+        option = lookup(schema, key)
+        if isinstance(option, Renamed):
+            raise DepthpruneError(f"recipe defaults ({step.verb}): {option.message()}")
+        if option is not None:
+            accepted[key] = value
+    return accepted
 
 
 def validate_recipe(recipe: Recipe) -> None:
@@ -325,11 +345,6 @@ def run_recipe(recipe: Recipe | str | Path, output: str | Path | None = None, fo
     Returns:
         ``{"run_dir": ..., "steps": [{"step", "status", "argv", "inputs", "produced"}], "model": final model path}``.
     """
-    import uuid
-    from datetime import datetime, timezone
-
-    from .sweep import is_unfinished_sweep
-
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     run_dir = Path(output or recipe.output or "")
@@ -339,6 +354,31 @@ def run_recipe(recipe: Recipe | str | Path, output: str | Path | None = None, fo
     previous, recorded_run_dir = _previous_records(run_dir)
 
     # Plan every step before running any: a refused step must not leave the run half re-made.
+    planned, model = _plan_steps(recipe, run_dir)
+    _decide_actions(planned, previous, run_dir, recorded_run_dir, force, rerun_steps)
+    check_recipe_needs(planned)   # a missing package fails now, not after hours of earlier steps
+
+    if not dry_run:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if recipe.source:
+            (run_dir / "recipe.yaml").write_text(Path(recipe.source).read_text())
+    records = dict(previous)
+    for item in planned:
+        records[item.step.folder_name] = _run_step(item, records, dry_run)
+        if not dry_run:   # after every step: the report reads the commands, the next run what made each folder
+            write_json_atomic(run_dir / RUN_FILE, {
+                "recipe": recipe.source, "model": model, "run_dir": str(run_dir),
+                "steps": [records[p.step.folder_name] for p in planned if p.step.folder_name in records]})
+    return {"run_dir": str(run_dir), "model": model,
+            "steps": [records[p.step.folder_name] for p in planned]}
+
+
+def _plan_steps(recipe: Recipe, run_dir: Path) -> tuple[list[_PlannedStep], str]:
+    """Every step parsed, with what it writes and the step folders it reads; and the model the run ends with.
+
+    The model flows through the steps (``prune``, ``collapse`` and ``heal`` produce the model the later steps
+    use); ``prune --method`` and ``sweep`` reuse the latest ``score`` step's scores.
+    """
     model, model_step, scores_step = recipe.model, None, None
     planned: list[_PlannedStep] = []
     for step in recipe.steps:
@@ -361,6 +401,13 @@ def run_recipe(recipe: Recipe | str | Path, output: str | Path | None = None, fo
             scores_step = step.folder_name
         if step.verb in MODEL_PRODUCING:
             model, model_step = str(step_dir), step.folder_name
+    return planned, model
+
+
+def _decide_actions(planned: list[_PlannedStep], previous: dict, run_dir: Path, recorded_run_dir: Path,
+                    force: bool, rerun_steps: set[str]) -> None:
+    """Mark each step run or skip (with the reason), or refuse, in one error, every step made by other options."""
+    from .sweep import is_unfinished_sweep
 
     refusals, remade = [], set()
     for item in planned:
@@ -389,40 +436,29 @@ def run_recipe(recipe: Recipe | str | Path, output: str | Path | None = None, fo
             remade.add(name)
     if refusals:
         raise DepthpruneError("; ".join(refusals) + " (or --force to re-run every step)")
-    check_recipe_needs(planned)   # a missing package fails now, not after hours of earlier steps
 
-    if not dry_run:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if recipe.source:
-            (run_dir / "recipe.yaml").write_text(Path(recipe.source).read_text())
-    records = dict(previous)
-    for item in planned:
-        name = item.step.folder_name
-        if item.action == "skip":
-            status = "skipped (output exists)"
-            # the same command up to where the run folder lies: record the paths it has now
-            records[name] = {**records[name], "argv": ["depthprune", item.step.verb, *item.argv]}
-        elif dry_run:
-            status = f"planned ({item.reason})"
-        else:
-            if item.step.verb == "report":
-                item.target.parent.mkdir(exist_ok=True)
-            if item.target.exists() and hasattr(item.args, "force"):
-                item.args.force = True      # replaced only once the new output is complete
-            print(f"[{name}] depthprune {item.step.verb} {' '.join(item.argv)}   ({item.reason})")
-            result = item.module.run(item.args)
-            if result not in (None, 0):
-                raise DepthpruneError(f"recipe step {item.step.index} ({item.step.verb}) failed with status {result}")
-            status = "done"
-            records[name] = {"step": name, "verb": item.step.verb, "argv": ["depthprune", item.step.verb, *item.argv],
-                             "inputs": {i: records.get(i, {}).get("produced") for i in item.inputs},
-                             "produced": f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}"
-                                         f"/{uuid.uuid4().hex[:8]}"}
-        records.setdefault(name, {"step": name, "argv": ["depthprune", item.step.verb, *item.argv]})
-        records[name]["status"] = status
-        if not dry_run:   # after every step: the report reads the commands, the next run what made each folder
-            write_json_atomic(run_dir / RUN_FILE, {
-                "recipe": recipe.source, "model": model, "run_dir": str(run_dir),
-                "steps": [records[p.step.folder_name] for p in planned if p.step.folder_name in records]})
-    return {"run_dir": str(run_dir), "model": model,
-            "steps": [records[p.step.folder_name] for p in planned]}
+
+def _run_step(item: _PlannedStep, records: dict, dry_run: bool) -> dict:
+    """Run (or skip, or in a dry run only describe) one planned step; returns its record for run.json."""
+    import uuid
+    from datetime import datetime, timezone
+
+    name = item.step.folder_name
+    argv = ["depthprune", item.step.verb, *item.argv]
+    if item.action == "skip":
+        # the same command up to where the run folder lies: record the paths it has now
+        return {**records[name], "argv": argv, "status": "skipped (output exists)"}
+    if dry_run:
+        return {**records.get(name, {"step": name, "argv": argv}), "status": f"planned ({item.reason})"}
+    if item.step.verb == "report":
+        item.target.parent.mkdir(exist_ok=True)
+    if item.target.exists() and hasattr(item.args, "force"):
+        item.args.force = True      # replaced only once the new output is complete
+    print(f"[{name}] depthprune {item.step.verb} {' '.join(item.argv)}   ({item.reason})")
+    result = item.module.run(item.args)
+    if result not in (None, 0):
+        raise DepthpruneError(f"recipe step {item.step.index} ({item.step.verb}) failed with status {result}")
+    return {"step": name, "verb": item.step.verb, "argv": argv,
+            "inputs": {i: records.get(i, {}).get("produced") for i in item.inputs},
+            "produced": f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}/{uuid.uuid4().hex[:8]}",
+            "status": "done"}

@@ -41,13 +41,19 @@ class Registry(Generic[Entry]):
         """Remove an entry (for tests that register a throw-away method)."""
         self._entries.pop(name, None)
 
-    def get(self, name: str) -> Entry:
-        """The entry called ``name``; an unknown name is one line naming the valid ones and the closest."""
-        if name not in self._entries:
-            close = difflib.get_close_matches(str(name), list(self._entries), n=1, cutoff=0.4)
+    def get(self, name: str, option: str | None = None, valid=None) -> Entry:
+        """The entry called ``name``; an unknown name is one line naming the valid ones and the closest.
+
+        Args:
+            option: the option the name was given to, for the message (default: the registry's own).
+            valid: the names that option accepts, when it takes only some entries (default: all).
+        """
+        names = list(self._entries) if valid is None else [n for n in self._entries if n in set(valid)]
+        if name not in names:
+            close = difflib.get_close_matches(str(name), names, n=1, cutoff=0.4)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise DepthpruneError(f"unknown {self.kind} {name!r} for {self.option}; valid: "
-                                  f"{', '.join(self._entries)}{hint}")
+            raise DepthpruneError(f"unknown {self.kind} {name!r} for {option or self.option}; valid: "
+                                  f"{', '.join(names)}{hint}")
         return self._entries[name]
 
     def names(self) -> tuple[str, ...]:

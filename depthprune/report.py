@@ -162,31 +162,34 @@ def _healing_tables(step: StepArtifacts) -> list[Table]:
 
 
 def _scores_tables(step: StepArtifacts, top: int = 8) -> list[Table]:
+    """Each registered criterion in the scores: the layers it would remove first, and a block criterion's best block
+    for every size."""
+    from .scoring.ranking import criteria_in, least_important_first
+
     scores = step.json.get(schema.SCORES_FILE)
-    if not scores:
+    if not scores or not isinstance(scores.get("num_layers"), int):
         return []
+    source = f"{step.name}/{schema.SCORES_FILE}"
     tables = []
-    num_layers = scores.get("num_layers")
-    per_layer = {k: v for k, v in scores.items()
-                 if isinstance(v, list) and num_layers and len(v) == num_layers and all(
-                     isinstance(x, (int, float)) or x is None for x in v)}
-    if per_layer:
-        header = ["criterion"] + [f"#{i + 1}" for i in range(min(top, num_layers))]
+    entries = criteria_in(scores)
+    rows = [[entry.name + (" (removal order)" if entry.selection == "order" else "")]
+            + [str(i) for i in least_important_first(entry, scores)[:top]]
+            for entry in entries if entry.selection != "block"]      # a block criterion has a table of its own
+    if rows:
+        header = ["criterion"] + [f"#{i + 1}" for i in range(min(top, scores["num_layers"]))]
+        rows = [row + [""] * (len(header) - len(row)) for row in rows]
+        tables.append(Table("Least important layers by each criterion (lowest score first)", header, rows, source))
+    for entry in entries:
+        table = scores[entry.name]
+        if entry.selection != "block" or not isinstance(table, dict) or not table:
+            continue
         rows = []
-        for name, values in per_layer.items():
-            ranked = sorted((i for i, v in enumerate(values) if v is not None), key=lambda i: values[i])
-            rows.append([name] + [str(i) for i in ranked[:top]])
-        tables.append(Table("Least important layers by each criterion (lowest score first)", header, rows,
-                            f"{step.name}/{schema.SCORES_FILE}"))
-    angular = scores.get("angular")
-    if isinstance(angular, dict) and angular:
-        rows = []
-        for n, distances in sorted(angular.items(), key=lambda kv: int(kv[0]))[:16]:
-            if distances:
-                best = min(range(len(distances)), key=lambda i: distances[i])
-                rows.append([n, f"{best}-{best + int(n) - 1}", _fmt(distances[best])])
-        tables.append(Table("Best contiguous block per size n (angular distance; n <= 16, all n in scores.json)",
-                            ["n", "layers", "d"], rows, f"{step.name}/{schema.SCORES_FILE}"))
+        for n, values in sorted(table.items(), key=lambda kv: int(kv[0]))[:16]:
+            if values:
+                best = min(range(len(values)), key=lambda i: values[i])
+                rows.append([n, f"{best}-{best + int(n) - 1}", _fmt(values[best])])
+        tables.append(Table(f"Best contiguous block per size n by {entry.name} (n <= 16, all n in scores.json)",
+                            ["n", "layers", "score"], rows, source))
     return tables
 
 

@@ -1,6 +1,7 @@
-"""Turn layer scores into the layers to remove: best angular block, k least important, SLEB's order, last n.
+"""Turn layer scores into the layers to remove: the best block, the k least important, a removal order, last n.
 
-Every function works on plain lists (a ``scores.json`` is enough); none needs the model.
+A criterion's registry entry names which of these :data:`SELECTIONS` its scores go through. Every function works on
+plain lists (a ``scores.json`` is enough); none needs the model.
 """
 
 from __future__ import annotations
@@ -10,17 +11,20 @@ from typing import Sequence
 
 from .errors import DepthpruneError
 
-METHODS = ("angular", "bi", "ppl", "taylor", "magnitude", "sleb", "last")
+# How a criterion's scores become the layers to remove (the ``selection`` of its registry entry).
+SELECTIONS = {
+    "block": "the contiguous block of n layers with the lowest score (Gromov et al.'s angular distance)",
+    "lowest": "the n layers with the lowest scores",
+    "order": "the first n layers of an iterative removal order (SLEB)",
+    "chop": "by position alone, layers L-n-1 .. L-2 (no scores)",
+}
 
 
-def check_method(method: str) -> None:
-    """Refuse an unknown selection method, naming the valid ones and the closest."""
-    if method not in METHODS:
-        import difflib
+def check_method(method: str, option: str = "--method"):
+    """The registry entry of a selection method; an unknown name is an error naming the valid ones and the closest."""
+    from .scoring import CRITERIA
 
-        close = difflib.get_close_matches(method, METHODS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise DepthpruneError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}{hint}")
+    return CRITERIA.get(method, option=option)
 
 
 def resolve_count(num_layers: int, n: int | None = None, ratio: float | None = None) -> int:
@@ -69,12 +73,12 @@ def check_scores_are_numbers(method: str, values: Sequence, unit: str = "layer")
                               f"{_NAN_ADVICE}")
 
 
-def check_angular_table_is_numbers(table: dict) -> None:
-    """Refuse an angular table holding NaN or None anywhere, naming the blocks (block size n, start layer l)."""
+def check_block_table_is_numbers(table: dict, name: str = "block") -> None:
+    """Refuse a block table holding NaN or None anywhere, naming the blocks (block size n, start layer l)."""
     bad = [f"n={n}, l={l}" for n, row in sorted(table.items(), key=lambda item: int(item[0]))
            for l, value in enumerate(row) if _not_a_number(value)]
     if bad:
-        raise DepthpruneError(f"the angular scores are NaN for blocks {_listed(bad)} (block size n, start layer l); "
+        raise DepthpruneError(f"the {name} scores are NaN for blocks {_listed(bad)} (block size n, start layer l); "
                               f"{_NAN_ADVICE}")
 
 
@@ -87,19 +91,21 @@ def _candidates(num_layers: int, protected: Sequence[int], allow_final_layer: bo
 
 
 def best_block(table: dict, n: int, num_layers: int, protected: Sequence[int] = (),
-               allow_final_layer: bool = False, allow_first_layer: bool = False) -> tuple[int, float]:
+               allow_final_layer: bool = False, allow_first_layer: bool = False,
+               name: str = "block") -> tuple[int, float]:
     """``argmin_l d(l, n)`` over blocks that avoid protected layers (and the first/final layer unless allowed).
 
     Args:
         table: ``{n: [d(0, n), ..., d(L - n, n)]}`` (keys may be strings, as in ``scores.json``).
+        name: the criterion, for messages.
 
     Returns:
         ``(start, distance)``: removing layers ``start .. start + n - 1``. Ties go to the earliest block.
     """
-    check_angular_table_is_numbers(table)
+    check_block_table_is_numbers(table, name)
     row = table.get(n, table.get(str(n)))
     if row is None:
-        raise DepthpruneError(f"the angular table has no block size {n} (sizes 1..{num_layers - 1}); "
+        raise DepthpruneError(f"the {name} table has no block size {n} (sizes 1..{num_layers - 1}); "
                               f"--n must be below {num_layers}")
     allowed = set(_candidates(num_layers, protected, allow_final_layer, allow_first_layer))
     starts = [l for l in range(len(row)) if all(i in allowed for i in range(l, l + n))]
@@ -137,39 +143,51 @@ def select_layers(method: str, scores: dict, n: int, allow_final_layer: bool = F
     Returns:
         ``(removed_layers, evidence)``: the evidence holds the numbers that decided, for the plan.
     """
-    check_method(method)
+    from .scoring import CRITERIA
+
+    entry = check_method(method)
     num_layers = int(scores["num_layers"])
-    if method == "last":
+    allow = {"allow_final_layer": allow_final_layer, "allow_first_layer": allow_first_layer}
+    if entry.selection == "chop":
         return last_n(num_layers, n), {}
     if method not in scores:
         raise DepthpruneError(f"the scores hold no {method!r} criterion (they have "
-                              f"{', '.join(k for k in METHODS if k in scores) or 'none'}); re-score with "
+                              f"{', '.join(k for k in CRITERIA.names() if k in scores) or 'none'}); re-score with "
                               f"--metrics {method}")
     protected = scores.get("protected", {}).get(method, [])
-    if method == "angular":
-        start, distance = best_block(scores["angular"], n, num_layers, protected, allow_final_layer,
-                                     allow_first_layer)
-        removed = list(range(start, start + n))
-        row = scores["angular"].get(str(n), scores["angular"].get(n))
-        return removed, {"angular_block_start": start, "angular_distance": distance, f"angular_n{n}": row,
-                         "angular_tokens": scores.get("angular_tokens")}
-    if method == "sleb":
-        order = list(scores["sleb"])
-        check_scores_are_numbers("sleb", scores.get("sleb_ppl") or [], unit="round")
-        if not all(isinstance(layer, int) and not isinstance(layer, bool) for layer in order):
-            raise DepthpruneError(f"the SLEB removal order {order} holds entries that are not layer numbers; the "
-                                  "scores file is damaged — re-score")
-        if n > len(order):
-            raise DepthpruneError(f"the scores hold a SLEB removal order of {len(order)} layers but {n} were asked "
-                                  f"for; re-score with --sleb-n {n} or more")
-        removed = sorted(order[:n])
-        if (num_layers - 1) in removed and not allow_final_layer:
-            raise DepthpruneError("the SLEB order removes the final layer; pass --allow-final-layer if you mean it")
-        return removed, {"sleb_order": order, "sleb_ppl": scores.get("sleb_ppl")}
+    evidence = {key: scores.get(key) for key in entry.evidence_keys}
+    if entry.selection == "block":
+        start, score = best_block(scores[method], n, num_layers, protected, name=method, **allow)
+        row = scores[method].get(str(n), scores[method].get(n))
+        return list(range(start, start + n)), {f"{method}_block_start": start, f"{method}_block_score": score,
+                                               f"{method}_n{n}": row, **evidence}
+    if entry.selection == "order":
+        return _first_of_order(entry, scores, n, num_layers, allow_final_layer), \
+            {f"{method}_order": list(scores[method]), **evidence}
     values = scores[method]
     if len(values) != num_layers:
         raise DepthpruneError(f"scores[{method!r}] has {len(values)} values for {num_layers} layers; the scores file "
                               "is damaged — re-score")
     check_scores_are_numbers(method, values)
-    removed = least_important(values, n, protected, allow_final_layer, allow_first_layer)
-    return removed, {method: values, "protected": protected}
+    removed = least_important(values, n, protected, **allow)
+    return removed, {method: values, "protected": protected, **evidence}
+
+
+def _first_of_order(entry, scores: dict, n: int, num_layers: int, allow_final_layer: bool) -> list[int]:
+    """The first ``n`` layers of an ``order`` criterion's removal order, checked; sorted."""
+    method = entry.name
+    order = list(scores[method])
+    for key in entry.evidence_keys:         # an order's companions hold one number per round
+        if isinstance(scores.get(key), list):
+            check_scores_are_numbers(method, scores[key], unit="round")
+    if not all(isinstance(layer, int) and not isinstance(layer, bool) for layer in order):
+        raise DepthpruneError(f"the {method} removal order {order} holds entries that are not layer numbers; the "
+                              "scores file is damaged — re-score")
+    if n > len(order):
+        more = f"--{entry.count_option.replace('_', '-')} {n} or more" if entry.count_option else "a longer order"
+        raise DepthpruneError(f"the scores hold a {method} removal order of {len(order)} layers but {n} were asked "
+                              f"for; re-score with {more}")
+    removed = sorted(order[:n])
+    if (num_layers - 1) in removed and not allow_final_layer:
+        raise DepthpruneError(f"the {method} order removes the final layer; pass --allow-final-layer if you mean it")
+    return removed

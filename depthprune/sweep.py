@@ -15,6 +15,7 @@ import re
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DepthpruneError
@@ -181,6 +182,20 @@ def sweep_figure(result: dict):
     return figure
 
 
+# A sweep distils every point from the dense model's top-k logits, computed once and read from the teacher cache
+SWEEP_TEACHER_TOP_K = 64
+
+
+def _sweep_teacher(heal_method: str, loaded) -> dict:
+    """Distillation in a sweep: the dense model in memory is the teacher; its top-k logits over the healing blocks
+    (the same for every point) are cached on the first point and read back by all the others."""
+    from .heal import HEALING_METHODS
+
+    if not HEALING_METHODS.get(heal_method).uses_teacher:
+        return {}
+    return {"teacher": loaded, "top_k": SWEEP_TEACHER_TOP_K}
+
+
 def is_unfinished_sweep(folder) -> bool:
     """Whether ``folder`` holds a sweep that stopped before its last point (a re-run continues it)."""
     return (Path(folder) / PROGRESS_FILE).is_file()
@@ -193,16 +208,19 @@ def sweep_needs(model, methods="angular,bi,last,ppl", eval="wikitext2", data="bu
     from .evaluate.perplexity import PPL_SOURCES
     from .extras import data_needs, model_needs
 
+    from .selection import check_method
+
     needs = model_needs(model)
-    if scores is None and any(m not in ("last", "magnitude") for m in _split(methods)):
+    if scores is None and any(check_method(m, option="--methods").needs_data for m in _split(methods)):
         needs += data_needs(data)
     if data_dir is None:
         needs += [("datasets", f"--eval {name} without --data-dir") for name in _split(eval) if name in PPL_SOURCES]
     if heal_steps:
         purpose = f"--heal-steps with --heal-method {heal_method}"
         needs += [("accelerate", purpose), ("matplotlib", f"{purpose} (the loss curve)")]
-        if heal_method in ("lora", "qlora"):
-            needs.append(("peft", purpose))
+        from .heal import HEALING_METHODS
+
+        needs += [(package, purpose) for package in HEALING_METHODS.get(heal_method).packages]
         needs += data_needs(heal_data or data, "--heal-data")
     if output is not None and plots:
         needs.append(("matplotlib", "sweep's plot (--no-plots skips it)"))
@@ -267,7 +285,7 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
 
     Args:
         model: anything :func:`depthprune.load_model` accepts, or a LoadedModel.
-        methods: selection methods (angular, bi, ppl, taylor, magnitude, sleb, last).
+        methods: registered criteria (angular, bi, ppl, taylor, magnitude, sleb, last, ...).
         n: layer counts, ``"0:15"`` (inclusive) or ``"2,4,8"``; 0 is the dense model.
         eval: what to measure: perplexity sources (wikitext2, ptb, c4) and/or tasks (piqa, arc_easy, ...).
         data, samples, seq_len, seed: the calibration data for scoring.
@@ -287,30 +305,13 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
     Returns:
         ``{"model", "num_layers", "methods", "points": [{"method", "n", "fraction", "removed_layers", <metrics>}]}``.
     """
-    from .adapter import ModelAdapter
     from .data import DataSpec
-    from .evaluate.perplexity import PPL_SOURCES
-    from .evaluate.runner import evaluate
-    from .evaluate.tasks import TASKS
     from .extras import require_all
     from .loading import LoadedModel, load_model
-    from .saving import atomic_output_dir, remove_stale_temp_dirs, write_bytes_atomic, write_json_atomic
-    from .scoring.api import score
-    from .selection import METHODS, check_method, select_layers
+    from .saving import remove_stale_temp_dirs
+    from .selection import check_method
 
-    method_list = _split(methods)
-    if not method_list:
-        raise DepthpruneError(f"no --methods given; choose from {', '.join(METHODS)}")
-    for method in method_list:
-        check_method(method)
-    counts = parse_range(n)
-    evals = _split(eval)
-    ppl = [e for e in evals if e in PPL_SOURCES]
-    tasks = [e for e in evals if e in TASKS]
-    unknown = [e for e in evals if e not in PPL_SOURCES and e not in TASKS]
-    if unknown or not evals:
-        raise DepthpruneError(f"--eval {eval!r}: unknown {unknown or 'nothing'}; use perplexity sources "
-                              f"({', '.join(PPL_SOURCES)}) and/or tasks ({', '.join(TASKS)})")
+    method_list, counts, evals, ppl, tasks = _parse_request(methods, n, eval)
     spec = DataSpec(source=data, samples=samples, seq_len=seq_len, seed=seed, text_field=text_field,
                     chat_template=chat_template)
     # What decides the points: a re-run continues an unfinished sweep only when these are the same.
@@ -330,61 +331,152 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
 
     loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device,
                                                                       trust_remote_code=trust_remote_code)
-    adapter = ModelAdapter(loaded.model)
-    num_layers = adapter.num_layers
+    scores = _scores_for(loaded, method_list, counts, spec, scores, out if finished is not None else None, device)
+    planned = _plan_points(loaded.model, method_list, counts, scores)
+    scored = any(check_method(m).scored for m in method_list)
+    done = _start_or_continue(out, finished, scores if scored else None, settings, len(planned), force)
+    heal_spec = DataSpec(source=heal_data or data, samples=0, text_field=text_field, chat_template=chat_template)
+    point_options = _PointOptions(ppl=ppl, tasks=tasks, eval_seq_len=eval_seq_len, limit=limit, data_dir=data_dir,
+                                  max_windows=max_windows, device=device, heal_steps=heal_steps,
+                                  heal_method=heal_method, heal_data=heal_spec, seq_len=seq_len, seed=seed)
+    _run_points(loaded, planned, done, point_options,
+                progress=(out / PROGRESS_FILE, settings) if out is not None else None)
+
+    result = {"model": loaded.description, "model_source": loaded.source, "num_layers": _num_layers(loaded.model),
+              "methods": method_list, "n": counts, "eval": evals, "eval_seq_len": eval_seq_len,
+              "max_windows": max_windows, "limit": limit, "data_dir": str(data_dir) if data_dir else None,
+              "calibration": spec.describe(),
+              "heal": {"steps": heal_steps, "method": heal_method} if heal_steps else None,
+              "points": [done[(method, count)] for method, count, _ in planned]}
+    if out is not None:
+        _write_result(out, result, plots)
+    return result
+
+
+def _num_layers(model) -> int:
+    from .adapter import ModelAdapter
+
+    return ModelAdapter(model).num_layers
+
+
+def _parse_request(methods, n, eval) -> tuple[list[str], list[int], list[str], list[str], list[str]]:
+    """``(methods, counts, evals, perplexity sources, tasks)``, every name checked against what exists."""
+    from .evaluate.perplexity import PPL_SOURCES
+    from .evaluate.tasks import TASKS
+    from .selection import check_method
+    from .scoring import CRITERIA
+
+    method_list = _split(methods)
+    if not method_list:
+        raise DepthpruneError(f"no --methods given; choose from {', '.join(CRITERIA.names())}")
+    for method in method_list:
+        check_method(method, option="--methods")
+    evals = _split(eval)
+    ppl = [e for e in evals if e in PPL_SOURCES]
+    tasks = [e for e in evals if e in TASKS]
+    unknown = [e for e in evals if e not in PPL_SOURCES and e not in TASKS]
+    if unknown or not evals:
+        raise DepthpruneError(f"--eval {eval!r}: unknown {unknown or 'nothing'}; use perplexity sources "
+                              f"({', '.join(PPL_SOURCES)}) and/or tasks ({', '.join(TASKS)})")
+    return method_list, parse_range(n), evals, ppl, tasks
+
+
+def _scores_for(loaded, method_list: list[str], counts: list[int], spec, scores, resumed_out: Path | None,
+                device) -> dict:
+    """The scores the points are chosen by: a resumed sweep's own, the ``--scores`` given, or freshly computed."""
+    from .prune import check_scores_model, read_scores
+    from .scoring import CRITERIA
+    from .scoring.scores import score
+
+    num_layers = _num_layers(loaded.model)
     if max(counts) >= num_layers - 1:
         raise DepthpruneError(f"--n up to {max(counts)} leaves too few of {num_layers} layers; keep at least 2 "
                               f"(largest n is {num_layers - 2})")
-    metrics = [m for m in method_list if m != "last"]
-    from .prune import read_scores
-
-    from .prune import check_scores_model
-
-    if finished is not None and metrics and (out / "scores.json").is_file():
-        scores = read_scores(out / "scores.json")   # the scores the finished points were chosen with
-    elif scores is not None:
+    metrics = [CRITERIA.get(m) for m in method_list if CRITERIA.get(m).scored]
+    if resumed_out is not None and metrics and (resumed_out / "scores.json").is_file():
+        return read_scores(resumed_out / "scores.json")   # the scores the finished points were chosen with
+    if scores is not None:
         scores = read_scores(scores)
         if int(scores["num_layers"]) != num_layers:
             raise DepthpruneError(f"the scores are for {scores['num_layers']} layers but the model has {num_layers}; "
                                   "re-score this model or drop --scores")
         check_scores_model(scores, loaded)
-    elif metrics:
-        sleb_n = max(counts) if "sleb" in metrics else None
-        scores = score(loaded, metrics=",".join(metrics), data=spec, sleb_n=sleb_n or None, device=device)
-    else:
-        scores = {"num_layers": num_layers}
+        return scores
+    if not metrics:
+        return {"num_layers": num_layers}
+    # an iterative order must reach the largest n (0 alone: the criterion's own default length)
+    counted = {e.count_option: max(counts) or None for e in metrics if e.count_option}
+    return score(loaded, metrics=",".join(e.name for e in metrics), data=spec, device=device, **counted)
 
-    # Every (method, n) is resolved before the first is evaluated: a keep-set error at the last pair must not
-    # cost the hours spent on the first ones.
+
+def _plan_points(model, method_list: list[str], counts: list[int], scores: dict) -> list[tuple[str, int, list[int]]]:
+    """``(method, n, removed layers)`` for every point, each checked against the model.
+
+    Every (method, n) is resolved before the first is evaluated: a keep-set error at the last pair must not cost
+    the hours spent on the first ones.
+    """
+    from .adapter import ModelAdapter
+    from .selection import select_layers
+
+    adapter = ModelAdapter(model)
     planned = []
     for method in method_list:
         for count in counts:
             removed = [] if count == 0 else select_layers(method, scores, count)[0]
             adapter.check_removal(removed)
             planned.append((method, count, removed))
+    return planned
 
-    progress_path = out / PROGRESS_FILE if out is not None else None
+
+def _start_or_continue(out: Path | None, finished: list[dict] | None, scores: dict | None, settings: dict,
+                       total: int, force: bool) -> dict:
+    """``{(method, n): point}`` already done; a new output folder appears here with its scores (None: no criterion
+    scored) and settings."""
+    from .saving import atomic_output_dir, write_json_atomic
+
     if out is not None and finished is None:
-        with atomic_output_dir(out, force=force) as tmp:   # the folder appears with its scores and settings
-            if metrics:
+        with atomic_output_dir(out, force=force) as tmp:
+            if scores is not None:
                 write_json_atomic(tmp / "scores.json", scores)
             write_json_atomic(tmp / PROGRESS_FILE, {"settings": settings, "points": []})
         finished = []
     elif finished:
         logger.warning("continuing the unfinished sweep in %s: %d of %d points already done", out, len(finished),
-                       len(planned))
-    done = {(p["method"], p["n"]): p for p in finished or []}
-    # Identical removal sets (the dense model for every method, or two criteria agreeing) are evaluated once.
+                       total)
+    return {(p["method"], p["n"]): p for p in finished or []}
+
+
+@dataclass
+class _PointOptions:
+    """How each point is healed (``heal_steps`` > 0) and evaluated."""
+
+    ppl: list[str]
+    tasks: list[str]
+    eval_seq_len: int
+    limit: int | None
+    data_dir: object
+    max_windows: int | None
+    device: object
+    heal_steps: int
+    heal_method: str
+    heal_data: object          # a DataSpec
+    seq_len: int
+    seed: int
+
+
+def _run_points(loaded, planned, done: dict, options: _PointOptions, progress) -> None:
+    """Measure every planned point not in ``done`` (filled in place), saving ``done`` after each one.
+
+    Identical removal sets (the dense model for every method, or two criteria agreeing) are evaluated once.
+
+    Args:
+        progress: ``(path, settings)`` of the progress file, or None to save nothing.
+    """
+    from .saving import write_json_atomic
+
     cache: dict[tuple, dict] = {tuple(p["removed_layers"]): _measured(p) for p in done.values()}
-
-    def measure(model_to_eval) -> dict:
-        results = evaluate(LoadedModel(model=model_to_eval, tokenizer=loaded.tokenizer, source=loaded.source,
-                                       description=loaded.description), ppl=ppl or None, seq_len=eval_seq_len,
-                           tasks=tasks or None, limit=limit, data_dir=data_dir, ppl_max_windows=max_windows,
-                           device=device)
-        return _metric_values(results)
-
-    heal_root = Path(tempfile.mkdtemp(prefix="depthprune-sweep-heal-")) if heal_steps else None
+    num_layers = _num_layers(loaded.model)
+    heal_root = Path(tempfile.mkdtemp(prefix="depthprune-sweep-heal-")) if options.heal_steps else None
     try:
         for method, count, removed in planned:
             if (method, count) in done:
@@ -393,57 +485,66 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
             key = tuple(removed)
             if key not in cache:
                 logger.info("sweep: %s n=%d removes %s", method, count, removed)
-                pruned = copy.deepcopy(loaded.model)
-                if removed:
-                    pruned_adapter = ModelAdapter(pruned)
-                    pruned_adapter.keep_layers(pruned_adapter.check_removal(removed)[1])
-                extra = {}
-                if heal_steps and removed:
-                    from .heal import heal
-
-                    healed = heal(LoadedModel(model=pruned, tokenizer=loaded.tokenizer, source=loaded.source,
-                                              description=loaded.description),
-                                  data=DataSpec(source=heal_data or data, samples=0, text_field=text_field,
-                                                chat_template=chat_template),
-                                  method=heal_method, max_steps=heal_steps, seq_len=seq_len, seed=seed,
-                                  eval_samples=4, output=heal_root / f"{method}-{count}", force=True,
-                                  progress=False)
-                    pruned = healed.model
-                    extra["heal_final_loss"] = healed.metadata["healing"].get("final_train_loss")
-                    shutil.rmtree(heal_root / f"{method}-{count}", ignore_errors=True)
-                cache[key] = {**measure(pruned), **extra}
-                del pruned
+                heal_dir = heal_root / f"{method}-{count}" if heal_root is not None else None
+                cache[key] = _measure_point(loaded, removed, options, heal_dir)
             done[(method, count)] = {"method": method, "n": count, "fraction": count / num_layers,
                                      "removed_layers": removed, **cache[key],
                                      "seconds": round(time.perf_counter() - started, 2)}
-            if progress_path is not None:   # saved at once: an interrupted sweep keeps every finished point
-                write_json_atomic(progress_path, {"settings": settings, "points": list(done.values())})
+            if progress is not None:   # saved at once: an interrupted sweep keeps every finished point
+                path, settings = progress
+                write_json_atomic(path, {"settings": settings, "points": list(done.values())})
     finally:
         if heal_root is not None:
             shutil.rmtree(heal_root, ignore_errors=True)
 
-    points = [done[(method, count)] for method, count, _ in planned]
-    result = {"model": loaded.description, "model_source": loaded.source, "num_layers": num_layers,
-              "methods": method_list, "n": counts, "eval": evals, "eval_seq_len": eval_seq_len,
-              "max_windows": max_windows, "limit": limit, "data_dir": str(data_dir) if data_dir else None,
-              "calibration": spec.describe(),
-              "heal": {"steps": heal_steps, "method": heal_method} if heal_steps else None, "points": points}
-    if out is not None:
-        write_json_atomic(out / SWEEP_FILE, result)
-        plot_error = None
-        if plots:   # drawn after the results are safe
-            try:
-                write_bytes_atomic(out / PLOT_FILE, sweep_plot(result))
-            except Exception as error:  # noqa: BLE001  (any plotting failure: the results are kept)
-                plot_error = error
-        progress_path.unlink()   # the sweep is finished: sweep.json holds every point
-        if plot_error is not None:
-            first = str(plot_error).strip().splitlines()[0] if str(plot_error).strip() else type(plot_error).__name__
-            raise DepthpruneError(f"the sweep was saved to {out / SWEEP_FILE} (every point) but its plot failed "
-                                  f"({first})") from plot_error
-    return result
+
+def _measure_point(loaded, removed: list[int], options: _PointOptions, heal_dir: Path | None) -> dict:
+    """The model without ``removed`` (a copy), healed briefly when asked, evaluated: the point's measurements."""
+    from .adapter import ModelAdapter
+    from .evaluate.runner import evaluate
+    from .loading import LoadedModel
+
+    pruned = copy.deepcopy(loaded.model)
+    if removed:
+        adapter = ModelAdapter(pruned)
+        adapter.keep_layers(adapter.check_removal(removed)[1])
+    extra = {}
+    if options.heal_steps and removed:
+        from .heal import heal
+
+        healed = heal(LoadedModel(model=pruned, tokenizer=loaded.tokenizer, source=loaded.source,
+                                  description=loaded.description),
+                      data=options.heal_data, method=options.heal_method, max_steps=options.heal_steps,
+                      seq_len=options.seq_len, seed=options.seed, eval_samples=4, output=heal_dir, force=True,
+                      progress=False, **_sweep_teacher(options.heal_method, loaded))
+        pruned = healed.model
+        extra["heal_final_loss"] = healed.metadata["healing"].get("final_train_loss")
+        shutil.rmtree(heal_dir, ignore_errors=True)
+    results = evaluate(LoadedModel(model=pruned, tokenizer=loaded.tokenizer, source=loaded.source,
+                                   description=loaded.description), ppl=options.ppl or None,
+                       seq_len=options.eval_seq_len, tasks=options.tasks or None, limit=options.limit,
+                       data_dir=options.data_dir, ppl_max_windows=options.max_windows, device=options.device)
+    return {**_metric_values(results), **extra}
+
+
+def _write_result(out: Path, result: dict, plots: bool) -> None:
+    """``sweep.json``, then the plot; the progress file goes once every point is safe."""
+    from .saving import write_bytes_atomic, write_json_atomic
+
+    write_json_atomic(out / SWEEP_FILE, result)
+    plot_error = None
+    if plots:   # drawn after the results are safe
+        try:
+            write_bytes_atomic(out / PLOT_FILE, sweep_plot(result))
+        except Exception as error:  # noqa: BLE001  (any plotting failure: the results are kept)
+            plot_error = error
+    (out / PROGRESS_FILE).unlink()   # the sweep is finished: sweep.json holds every point
+    if plot_error is not None:
+        first = str(plot_error).strip().splitlines()[0] if str(plot_error).strip() else type(plot_error).__name__
+        raise DepthpruneError(f"the sweep was saved to {out / SWEEP_FILE} (every point) but its plot failed "
+                              f"({first})") from plot_error
 
 
 def _measured(point: dict) -> dict:
     """A saved point's measurements (what the evaluation and healing produced)."""
-    return {k: v for k, v in point.items() if k not in ("method", "n", "fraction", "removed_layers", "seconds")}
+    return {k: v for k, v in point.items() if k not in POINT_FIELDS}

@@ -71,6 +71,9 @@ def world(tmp_path_factory, tiny_tokenizer) -> Path:
     (recipes / "unknown-key.yaml").write_text(yaml.safe_dump({"model": str(good), "stpes": [{"prune": {}}]}))
     (recipes / "unknown-option.yaml").write_text(yaml.safe_dump({"model": str(good), "output": str(root / "run-x"),
                                                                  "steps": [{"prune": {"layer": "1"}}]}))
+    (recipes / "old-tokens.yaml").write_text(yaml.safe_dump({"model": str(good), "output": str(root / "run-z"),
+                                                            "defaults": {"tokens": 1000},
+                                                            "steps": [{"heal": {"max_steps": 1}}]}))
     (recipes / "bad-threads.yaml").write_text(yaml.safe_dump({"model": str(good), "output": str(root / "run-y"),
                                                               "steps": [{"prune": {"layers": "1", "threads": 0}}]}))
     return root
@@ -143,8 +146,10 @@ CASES = [
                                         "--output", "{OUT}"], ["--data", "ignored", "--layers", "drop"]),
     ("prune-layers-with-samples", ["prune", "{W}/tiny", "--layers", "1", "--samples", "4", "--output", "{OUT}"],
      ["--samples", "ignored", "--layers"]),
-    ("prune-layers-with-tokens", ["prune", "{W}/tiny", "--layers", "1", "--tokens", "all", "--output", "{OUT}"],
-     ["--tokens", "ignored"]),
+    ("prune-layers-with-token-positions", ["prune", "{W}/tiny", "--layers", "1", "--token-positions", "all",
+                                           "--output", "{OUT}"], ["--token-positions", "ignored"]),
+    ("prune-old-tokens-option", ["prune", "{W}/tiny", "--method", "angular", "--n", "1", "--tokens", "all",
+                                 "--output", "{OUT}"], ["--tokens was renamed", "--token-positions"]),
     ("prune-layers-with-n", ["prune", "{W}/tiny", "--layers", "1", "--n", "2", "--output", "{OUT}"],
      ["--n", "--method"]),
     ("prune-zero-n", ["prune", "{W}/tiny", "--method", "last", "--n", "0", "--output", "{OUT}"], ["--n", "positive"]),
@@ -175,8 +180,14 @@ CASES = [
     ("collapse-without-tokenizer", ["collapse", "{W}/weights-only", "--combine", "2", "--output", "{OUT}"],
      ["tokenizer", "copy"]),
     ("collapse-combine-one", ["collapse", "{W}/tiny", "--combine", "1", "--output", "{OUT}"], ["--combine", ">= 2"]),
-    ("collapse-target-ratio-out-of-range", ["collapse", "{W}/tiny", "--combine", "2", "--target-ratio", "1.5",
-                                            "--output", "{OUT}"], ["--target-ratio", "between 0 and 1"]),
+    ("collapse-remove-ratio-out-of-range", ["collapse", "{W}/tiny", "--combine", "2", "--remove-ratio", "1.5",
+                                            "--output", "{OUT}"], ["--remove-ratio", "between 0 and 1"]),
+    ("collapse-target-depth-too-deep", ["collapse", "{W}/tiny", "--combine", "2", "--target-depth", "6",
+                                        "--output", "{OUT}"], ["--target-depth", "between 1 and 5", "kept"]),
+    ("collapse-two-targets", ["collapse", "{W}/tiny", "--remove", "2", "--target-depth", "4", "--output", "{OUT}"],
+     ["--target-depth", "not allowed with", "--remove"]),
+    ("collapse-old-target-layers", ["collapse", "{W}/tiny", "--target-layers", "2", "--output", "{OUT}"],
+     ["--target-layers was renamed", "--remove N", "--target-depth D"]),
     ("collapse-null-text", ["collapse", "{W}/tiny", "--combine", "2", "--data", "{W}/data/null-text.jsonl",
                             "--output", "{OUT}"], ["line 2", "null"]),
     ("collapse-zero-batch-size", ["collapse", "{W}/tiny", "--combine", "2", "--batch-size", "0", "--output", "{OUT}"],
@@ -184,6 +195,8 @@ CASES = [
     # heal
     ("heal-null-text", ["heal", "{W}/tiny", "--data", "{W}/data/null-text.jsonl", "--max-steps", "1", "--cpu",
                         "--output", "{OUT}"], ["line 2", "null"]),
+    ("heal-old-tokens-option", ["heal", "{W}/tiny", "--tokens", "1000", "--cpu", "--output", "{OUT}"],
+     ["--tokens was renamed", "--train-tokens"]),
     ("heal-missing-data", ["heal", "{W}/tiny", "--data", "{W}/missing.jsonl", "--max-steps", "1", "--cpu",
                            "--output", "{OUT}"], ["missing.jsonl", "not found"]),
     pytest.param("heal-data-self", ["heal", "{W}/tiny", "--data", "self", "--max-steps", "1", "--cpu",
@@ -232,6 +245,7 @@ CASES = [
     ("run-recipe-not-a-mapping", ["run", "{W}/recipes/list.yaml"], ["mapping"]),
     ("run-unknown-recipe-key", ["run", "{W}/recipes/unknown-key.yaml"], ["stpes", "did you mean 'steps'"]),
     ("run-unknown-step-option", ["run", "{W}/recipes/unknown-option.yaml"], ["'layer'", "did you mean 'layers'"]),
+    ("run-old-tokens-in-defaults", ["run", "{W}/recipes/old-tokens.yaml"], ["--tokens was renamed", "--train-tokens"]),
     ("run-zero-threads-in-step", ["run", "{W}/recipes/bad-threads.yaml"], ["--threads", "at least 1"]),
     # report
     ("report-missing-run-folder", ["report", "{W}/no-such-run", "--output", "{OUT}/report.html"], ["no-such-run"]),

@@ -95,3 +95,15 @@ def test_sequential_refuses_criteria_that_need_every_layer(tmp_path):
 def test_safetensors_reader_refuses_a_folder_without_safetensors(tmp_path):
     with pytest.raises(DepthpruneError, match="no .safetensors files"):
         SafetensorsWeights(tmp_path)
+
+
+def test_checkpoint_size_counts_one_kind_of_weight_file(tmp_path):
+    from depthprune.loading import checkpoint_bytes
+
+    assert checkpoint_bytes(None) == 0 and checkpoint_bytes(tmp_path) == 0
+    (tmp_path / "pytorch_model.bin").write_bytes(b"x" * 100)
+    assert checkpoint_bytes(tmp_path) == 100
+    (tmp_path / "model-00001-of-00002.safetensors").write_bytes(b"x" * 7)
+    (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"x" * 3)
+    (tmp_path / "config.json").write_text("{}")
+    assert checkpoint_bytes(tmp_path) == 10          # the same weights shipped twice are counted once

@@ -288,7 +288,7 @@ def test_collapse_on_a_tiny_model_follows_the_injected_similarities(tiny_loaded,
 
 
 def test_saved_output_reloads_with_plain_transformers_and_matches(tiny_loaded, ids, tmp_path):
-    result = collapse(tiny_loaded, "builtin", tmp_path / "out", combine=3, target_layers=3, samples=2, seq_len=16,
+    result = collapse(tiny_loaded, "builtin", tmp_path / "out", combine=3, remove=3, samples=2, seq_len=16,
                       progress=False)
     assert len(result.plan.removed_layers) == 3
     assert all(m["similarity"] > result.threshold for m in result.merges)
@@ -331,9 +331,11 @@ def test_collapsing_a_pruned_checkpoint_records_the_base_numbering(tiny_tokenize
 @pytest.mark.parametrize("options, message", [
     (dict(combine=1), "--combine"), (dict(interval=0), "--interval"), (dict(low=5, high=5), "--low < --high"),
     (dict(high=9), "--low < --high"), (dict(low=4, combine=4), "nothing to merge"),
-    (dict(threshold=1.5), r"\[-1, 1\]"), (dict(threshold=0.5, target_layers=2), "not both"),
-    (dict(target_layers=2, target_ratio=0.2), "not both"), (dict(target_ratio=1.5), "between 0 and 1"),
-    (dict(target_layers=8), "between 1 and 7"), (dict(merge="average"), "unknown merge"),
+    (dict(threshold=1.5), r"\[-1, 1\]"), (dict(threshold=0.5, remove=2), "not both"),
+    (dict(remove=2, remove_ratio=0.2), "one of --remove, --remove-ratio, --target-depth"),
+    (dict(target_depth=3, remove=5), "one of"), (dict(remove_ratio=1.5), "between 0 and 1"),
+    (dict(target_depth=8), "--target-depth must be between 1 and 7"), (dict(target_depth=0), "layers kept"),
+    (dict(remove=8), "--remove must be between 1 and 7"), (dict(merge="average"), "unknown merge"),
 ])
 def test_bad_settings_are_refused_in_one_line(options, message):
     with pytest.raises(DepthpruneError, match=message) as error:
@@ -344,7 +346,8 @@ def test_bad_settings_are_refused_in_one_line(options, message):
 def test_defaults_resolve_to_the_paper_settings():
     config = LacoConfig().resolved(40)
     assert (config.combine, config.low, config.high, config.interval, config.threshold) == (7, 0, 39, 1, 0.45)
-    assert LacoConfig(target_ratio=0.25).resolved(30).target_layers == 8
+    assert LacoConfig(remove_ratio=0.25).resolved(30).remove == 8
+    assert LacoConfig(target_depth=22).resolved(30).remove == 8 and LacoConfig(remove=8).resolved(30).remove == 8
 
 
 def test_cli_collapses_a_checkpoint_folder(tiny_tokenizer, tmp_path, capsys):
@@ -352,7 +355,7 @@ def test_cli_collapses_a_checkpoint_folder(tiny_tokenizer, tmp_path, capsys):
     model.save_pretrained(tmp_path / "base")
     tiny_tokenizer.save_pretrained(tmp_path / "base")
     argv = ["collapse", str(tmp_path / "base"), "--data", "builtin", "--samples", "2", "--seq-len", "16",
-            "--combine", "3", "--target-layers", "2", "--merge", "notebook", "--no-plots", "-o", str(tmp_path / "out")]
+            "--combine", "3", "--target-depth", "4", "--merge", "notebook", "--no-plots", "-o", str(tmp_path / "out")]
     assert main(argv) == 0
     assert "notebook (official notebooks' in-place bug" in capsys.readouterr().out
     metadata = json.loads((tmp_path / "out" / "depthprune.json").read_text())

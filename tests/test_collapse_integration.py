@@ -20,7 +20,7 @@ def test_smollm2_collapsed_to_22_layers_reloads_and_generates(smollm2, tmp_path)
     c4 = SHARED_DATA / "c4" / "c4_validation_2k.jsonl"
     if not c4.is_file():
         pytest.skip(f"SKIPPED LOUDLY: calibration file {c4} missing")
-    result = collapse(smollm2, str(c4), tmp_path / "out", combine=3, target_layers=8, samples=3, seq_len=64,
+    result = collapse(smollm2, str(c4), tmp_path / "out", combine=3, remove=8, samples=3, seq_len=64,
                       progress=False)
     assert ModelAdapter(result.model).num_layers == 22
     assert len(result.plan.removed_layers) == 8 and ModelAdapter(smollm2.model).num_layers == 30

@@ -34,6 +34,17 @@ def test_step_keys_become_the_cli_options(checkpoint):
     assert argv == ["M", "--layers", "1-2", "--allow-final-layer", "--output", "OUT"]
 
 
+@pytest.mark.parametrize("options, words", [
+    ({"no_plots": True}, ["--no-plots"]), ({"plots": False}, ["--no-plots"]), ({"no-plots": False}, []),
+    ({"plots": True}, []), ({"keep_edges": False}, ["--no-keep-edges"]), ({"keep_edges": True}, ["--keep-edges"]),
+    ({"token_positions": "all"}, ["--token-positions", "all"]),
+    ({"metrics": ["bi", "magnitude"]}, ["--metrics", "bi,magnitude"]),
+])
+def test_step_keys_of_switches_and_lists(options, words):
+    recipe = load_recipe({"model": "M", "steps": [{"score": {"data": "builtin", **options}}]})
+    assert step_argv(recipe.steps[0], "M", None) == ["M", "--data", "builtin", *words]
+
+
 @pytest.mark.parametrize("recipe, message", [
     ({"model": "m", "steps": [{"prune": {"layer": "1"}}]}, "unknown option 'layer'.*did you mean 'layers'"),
     ({"model": "m", "steps": [{"prnue": {}}]}, "unknown recipe step 'prnue'.*did you mean 'prune'"),
@@ -42,6 +53,12 @@ def test_step_keys_become_the_cli_options(checkpoint):
     ({"model": "m", "steps": [{"prune": {"layers": "1", "dry_run": "yes"}}]}, "is a switch"),
     ({"model": "m", "steps": [{"prune": {}}]}, "required"),
     ({"model": "m", "defaults": {"nonsense": 1}, "steps": [{"prune": {"layers": "1"}}]}, "accepted by no step"),
+    ({"model": "m", "steps": [{"score": {"tokens": "all"}}]}, "--tokens was renamed; use --token-positions"),
+    ({"model": "m", "steps": [{"heal": {"tokens": 100}}]}, "--tokens was renamed; use --train-tokens"),
+    ({"model": "m", "defaults": {"tokens": "all"}, "steps": [{"prune": {"layers": "1"}}]}, "--token-positions"),
+    ({"model": "m", "steps": [{"collapse": {"target_layers": 2}}]}, "--remove N .*--target-depth D"),
+    ({"model": "m", "steps": [{"collapse": {"remove": 2, "target_depth": 3}}]}, "not allowed with"),
+    ({"model": "m", "steps": [{"score": {"show_progress": False}}]}, "unknown option 'show_progress'"),
 ])
 def test_invalid_recipes_are_one_line_errors(recipe, message):
     with pytest.raises(DepthpruneError, match=message):

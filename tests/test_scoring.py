@@ -12,7 +12,7 @@ import torch
 
 from depthprune import DepthpruneError, remove_layers
 from depthprune.adapter import ModelAdapter
-from depthprune.scoring import SCORERS, get_entry, make_configs, parse_metrics, score_model
+from depthprune.scoring import CRITERIA, make_configs, parse_metrics, score_model
 from depthprune.scoring.angular import angular_distance, angular_distance_table
 from depthprune.scoring.base import last_real_token
 from depthprune.scoring.bi import block_influence, block_influence_terms
@@ -74,22 +74,34 @@ def test_taylor_and_magnitude_hand_worked():
 
 # ------------------------------------------------------------------------------------------------ registry
 def test_every_registry_entry_builds_from_its_defaults():
-    assert set(SCORERS) == {"angular", "bi", "ppl", "taylor", "magnitude", "sleb"}
-    for name, entry in SCORERS.items():
-        scorer = entry.scorer_class(entry.config_class(), 6)
-        assert scorer.name == name and entry.description
-    assert get_entry("taylor").config_class().protected_layers(10) == [0, 1, 2, 3, 8, 9]
-    assert get_entry("magnitude").config_class().protected_layers(10) == [0, 1, 2, 3, 8, 9]
-    assert get_entry("bi").config_class().protected_layers(10) == []
+    assert CRITERIA.names() == ("angular", "bi", "ppl", "taylor", "magnitude", "sleb", "last")
+    for entry in CRITERIA:
+        assert entry.description
+        if entry.scored:
+            scorer = entry.scorer_class(entry.make_config(), 6)
+            assert scorer.name == entry.name and isinstance(scorer.config, entry.config_class)
+    assert CRITERIA.get("taylor").make_config().protected_layers(10) == [0, 1, 2, 3, 8, 9]
+    assert CRITERIA.get("magnitude").make_config().protected_layers(10) == [0, 1, 2, 3, 8, 9]
+    assert CRITERIA.get("bi").make_config().protected_layers(10) == []
+    assert CRITERIA.get("bi").make_config(keep_edges=True).protected_layers(10) == [0, 1, 2, 3, 8, 9]
+    assert CRITERIA.get("taylor").make_config(keep_edges=False).protected_layers(10) == []
+    assert [e.name for e in CRITERIA if e.keeps_edges] == ["taylor", "magnitude"]
+    assert [e.name for e in CRITERIA if e.needs_whole_model] == ["ppl", "taylor", "sleb"]
+    assert [e.name for e in CRITERIA if not e.needs_data] == ["magnitude", "last"]
 
 
 def test_unknown_metric_lists_valid_names_and_suggests_the_closest():
-    with pytest.raises(DepthpruneError, match=r"unknown metric 'anglar'.*angular, bi, .*did you mean 'angular'"):
+    with pytest.raises(DepthpruneError, match=r"unknown criterion 'anglar' for --metrics; valid: angular, bi, ppl, "
+                                              r"taylor, magnitude, sleb; did you mean 'angular'"):
         parse_metrics("anglar,bi")
+    with pytest.raises(DepthpruneError, match="'last' chooses layers by position and has no scores"):
+        parse_metrics("bi,last")
+    with pytest.raises(DepthpruneError, match="unknown criterion option.*tokenz"):
+        make_configs("angular", tokenz="all")
     with pytest.raises(DepthpruneError, match="listed twice"):
         parse_metrics("bi,bi")
-    with pytest.raises(DepthpruneError, match="--tokens"):
-        make_configs("angular", tokens="first")
+    with pytest.raises(DepthpruneError, match="--token-positions"):
+        make_configs("angular", token_positions="first")
 
 
 def test_metrics_that_need_data_refuse_to_run_without_it():
@@ -174,7 +186,7 @@ def test_angular_all_tokens_matches_a_brute_force_loop():
     ids = _ids()
     mask = torch.ones_like(ids)
     mask[2, 7:] = 0
-    scores = score_model(model, make_configs("angular", tokens="all"), input_ids=ids, attention_mask=mask,
+    scores = score_model(model, make_configs("angular", token_positions="all"), input_ids=ids, attention_mask=mask,
                          batch_size=3, show_progress=False)
     states = _brute_force_states(model, ids, mask)
     for n in (1, 3):

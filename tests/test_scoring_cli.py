@@ -117,7 +117,7 @@ def test_score_errors(checkpoint, tmp_path, capsys):
     assert "need calibration data" in _error_lines(capsys.readouterr().err)[0]
     assert main(["score", str(checkpoint), *DATA, "--metrics", "blockinfluence,bi", "--output",
                  str(tmp_path / "b")]) == 2
-    assert "valid metrics: angular, bi" in _error_lines(capsys.readouterr().err)[0]
+    assert "for --metrics; valid: angular, bi" in _error_lines(capsys.readouterr().err)[0]
     assert main(["score", str(checkpoint), "--data", "builtin", "--samples", "100000", "--seq-len", "256",
                  "--output", str(tmp_path / "c")]) == 2
     assert "too little data" in _error_lines(capsys.readouterr().err)[0]

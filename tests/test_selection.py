@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from depthprune import DepthpruneError
-from depthprune.selection import METHODS, best_block, last_n, least_important, resolve_count, select_layers
+from depthprune.scoring import CRITERIA
+from depthprune.selection import best_block, last_n, least_important, resolve_count, select_layers
 
 # 6 layers; d(l, n) rows for n = 1..5 (row n has 6 - n + 1 entries)
 TABLE = {
@@ -78,7 +79,7 @@ def test_select_layers_from_a_scores_dict():
     assert select_layers("magnitude", scores, 2)[0] == [2, 3]       # protected layers respected
     assert select_layers("last", scores, 2)[0] == [3, 4]
     removed, evidence = select_layers("angular", scores, 1)
-    assert evidence["angular_block_start"] == 3 and evidence["angular_distance"] == 0.1
+    assert evidence["angular_block_start"] == 3 and evidence["angular_block_score"] == 0.1
     with pytest.raises(DepthpruneError, match="re-score with --sleb-n 4"):
         select_layers("sleb", scores, 4)
     with pytest.raises(DepthpruneError, match="no 'ppl' criterion.*--metrics ppl"):
@@ -100,7 +101,7 @@ def _scores_with_nan():
             "protected": {}}
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m != "last"])
+@pytest.mark.parametrize("method", [entry.name for entry in CRITERIA if entry.scored])
 def test_nan_in_the_scores_is_an_error_naming_the_layers(method):
     # A NaN compares False with everything, so min()/sort() would silently pick whatever comes first.
     with pytest.raises(DepthpruneError) as caught:

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from depthprune import api
-from depthprune.cli import COMMANDS, build_parser, main
+from depthprune.cli import COMMANDS, main, parse_args
 from tiny_models import tiny_model
 
 
@@ -41,6 +41,7 @@ WORK = {
     "sweep": ("depthprune.sweep.sweep", ["--methods", "last", "--n", "1", "--output", "{T}/out"]),
     "report": ("depthprune.report.write_report", ["--output", "{T}/report.html"]),
     "run": ("depthprune.recipe.run_recipe", []),
+    "export": ("depthprune.filesurgery.export.export_gguf", ["--to-gguf", "{T}/out.gguf"]),
 }
 
 
@@ -87,24 +88,25 @@ def test_a_recipe_sets_threads_for_its_steps(where, verb, target, options, check
     assert reached.value.args[0] == 3
 
 
-def test_the_api_sets_threads_before_the_work(checkpoint):
-    from depthprune.api import _with_threads
+def test_the_api_sets_threads_before_the_work(checkpoint, monkeypatch):
+    import importlib
 
     torch.set_num_threads(1)
-    with pytest.raises(Reached) as reached:
-        _with_threads(record_threads)("model", threads=3)
+    with monkeypatch.context() as patch:
+        patch.setattr(importlib.import_module("depthprune.info"), "info", record_threads)
+        with pytest.raises(Reached) as reached:
+            api.info("model", threads=3)
     assert reached.value.args[0] == 3
     summary = api.info(str(checkpoint), threads=2)      # the real function, end to end
     assert summary["num_layers"] == 4 and torch.get_num_threads() == 2
 
 
 @pytest.mark.parametrize("verb", sorted(set(COMMANDS)))
-def test_cli_and_api_default_to_torchs_own_thread_count(verb):
-    parser = build_parser()
-    command = parser._subparsers._group_actions[0].choices[verb]
-    cli_default = next(a.default for a in command._actions if a.dest == "threads")
+def test_cli_and_api_default_to_torchs_own_thread_count(verb, tmp_path):
+    first = str(tmp_path / "recipe.yaml") if verb == "run" else "model"
+    args = parse_args([verb, first, *[a.replace("{T}", str(tmp_path)) for a in WORK[verb][1]]])
     function = api.evaluate if verb == "eval" else getattr(api, verb)
-    assert cli_default is None and inspect.signature(function).parameters["threads"].default is None
+    assert args.threads is None and inspect.signature(function).parameters["threads"].default is None
 
 
 def test_no_threads_option_leaves_torch_alone(checkpoint, capsys):

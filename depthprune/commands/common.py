@@ -1,8 +1,8 @@
 """Options shared by several verbs, so that ``--data`` or ``--output`` mean the same everywhere.
 
 Also the shared checks of those options: an option that the verb would ignore in this combination is an error
-(:func:`refuse_ignored`), which needs to know what the user actually typed — :func:`add_common_arguments` makes
-the parser record that (``given_options``) and adds ``--threads``.
+(:func:`refuse_ignored`), which needs to know what the user actually typed (``given_options``, recorded by
+:mod:`depthprune.commands.schema` for the command line, recipe steps and the API alike).
 """
 
 from __future__ import annotations
@@ -12,55 +12,9 @@ import json
 
 from ..data import DataSpec, check_source
 from ..errors import DepthpruneError
+from .schema import OPTIONS_OF, Option, Renamed, given_options
 
 DATA_OPTIONS = ("data", "samples", "seq_len", "seed", "text_field", "chat_template")
-_GIVEN = "_given_options"   # namespace attribute: the dests the user gave explicitly
-
-
-def _record(namespace, dest: str) -> None:
-    given = getattr(namespace, _GIVEN, None)
-    if given is None:
-        given = set()
-        setattr(namespace, _GIVEN, given)
-    given.add(dest)
-
-
-class _GivenStore(argparse._StoreAction):
-    def __call__(self, parser, namespace, values, option_string=None):
-        super().__call__(parser, namespace, values, option_string)
-        _record(namespace, self.dest)
-
-
-class _GivenStoreTrue(argparse._StoreTrueAction):
-    def __call__(self, parser, namespace, values, option_string=None):
-        super().__call__(parser, namespace, values, option_string)
-        _record(namespace, self.dest)
-
-
-class GivenBooleanOptional(argparse.BooleanOptionalAction):
-    """``--x/--no-x`` that records that it was given."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        super().__call__(parser, namespace, values, option_string)
-        _record(namespace, self.dest)
-
-
-class _SetThreads(argparse.Action):
-    """``--threads N``: applied as soon as it is parsed, i.e. before any work starts.
-
-    Parsing is the one step the command line, every recipe step (parsed right before it runs) and ``run --threads``
-    share, so the setting cannot be forgotten by one of them. torch's thread count is process-wide: in a recipe a
-    step's value stays in effect for the steps after it.
-    """
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        from ..runtime import set_threads
-
-        if values < 1:
-            parser.error(f"--threads must be at least 1 (got {values}); leave it out to use the free cores")
-        setattr(namespace, self.dest, values)
-        _record(namespace, self.dest)
-        set_threads(values)
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -92,34 +46,60 @@ def non_negative_int(text: str) -> int:
     return _whole_number(text, 0)
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """What every verb has: ``--threads``, and a record of which options were given (see :func:`given_options`).
-
-    Call it first in a verb's ``add_arguments``: only options added after it are recorded. Calling it twice is
-    harmless (the CLI calls it for every verb, so that verbs without it still get ``--threads``).
-    """
-    parser.register("action", None, _GivenStore)
-    parser.register("action", "store", _GivenStore)
-    parser.register("action", "store_true", _GivenStoreTrue)
-    if "--threads" not in parser._option_string_actions:
-        parser.add_argument("--threads", type=int, default=None, action=_SetThreads, metavar="N",
-                            help="CPU threads for torch; unset: the cores other processes leave free when the verb "
-                                 "starts (OMP_NUM_THREADS, when set, is respected instead)")
+# Every verb has these (the CLI adds them to verbs that do not list them).
+COMMON_OPTIONS = [
+    Option("threads", positive_int, None, metavar="N",
+           help="CPU threads for torch; unset: the cores other processes leave free when the verb starts "
+                "(OMP_NUM_THREADS, when set, is respected instead; the Python API leaves torch's own default)"),
+]
 
 
-def given_options(args) -> set[str]:
-    """The options (argparse dests) given explicitly on the command line or in a recipe step."""
-    return set(getattr(args, _GIVEN, None) or ())
+def model_options(dtype: str = "auto", dtype_help: str | None = None, model_help: str | None = None) -> list:
+    return [
+        Option("model", positional=True,
+               help=model_help or "checkpoint folder, .gguf file, Hugging Face hub id, or alias (smollm2-135m)"),
+        Option("dtype", default=dtype,
+               help=dtype_help or "auto (the checkpoint's own dtype; a .gguf is dequantised to float32), float32, "
+                                  "bfloat16 or float16"),
+        Option("device", default="cpu", help="cpu, cuda, cuda:1, ..."),
+        Option("trust_remote_code", bool, False, help="run the model repository's own Python code (off by default)"),
+    ]
 
 
-def flag(dest: str) -> str:
-    return "--" + dest.replace("_", "-")
+def data_options(samples: int | None = 32, seq_len: int | None = 512, default: str | None = "builtin",
+                 seed: int | None = 0, helps: dict | None = None) -> list:
+    """Calibration (or training) data, given the same way to every verb that reads it; ``helps`` override texts."""
+    texts = {"data": "builtin, self, a .txt/.jsonl/.parquet file or folder, wikitext2, c4, ptb, pg19, or "
+                     "hf:PATH:CONFIG:SPLIT",
+             "samples": "number of token blocks", "seq_len": "tokens per block",
+             "seed": "seed for document order and generation",
+             "text_field": "field holding the text in .jsonl/.parquet (default text)",
+             "chat_template": "wrap each document in the chat template", **(helps or {})}
+    return [
+        Option("data", default=default, metavar="SPEC", help=texts["data"]),
+        Option("samples", int, samples, help=texts["samples"]),
+        Option("seq_len", int, seq_len, help=texts["seq_len"]),
+        Option("seed", int, seed, help=texts["seed"]),
+        Option("text_field", default=None, help=texts["text_field"]),
+        Option("chat_template", bool, False, help=texts["chat_template"]),
+    ]
+
+
+def output_options(required: bool = True, force_help: str = "replace an existing output folder") -> list:
+    return [Option("output", required=required, short="-o", help="output folder (written atomically)"),
+            Option("force", bool, False, help=force_help)]
+
+
+TOKEN_POSITIONS = Option("token_positions", default="last", choices=("last", "all"),
+                         help="angular distance on the last real token of each sample, or on all real tokens")
+TOKENS_RENAMED = Renamed("tokens", "--token-positions last|all (the token positions compared)")
 
 
 def refuse_ignored(args, dests, reason: str, fix: str = "drop") -> None:
     """Refuse options that were given but would be ignored ``reason`` (e.g. "with --layers")."""
     given = given_options(args)
-    ignored = [flag(dest) for dest in dests if dest in given]
+    flags = {option.name: option.long for option in getattr(args, OPTIONS_OF, ())}
+    ignored = [flags.get(dest, "--" + dest.replace("_", "-")) for dest in dests if dest in given]
     if ignored:
         raise DepthpruneError(f"{', '.join(ignored)} would be ignored {reason}; {fix} "
                               f"{'it' if len(ignored) == 1 else 'them'}")
@@ -134,30 +114,10 @@ def check_data_options(args, uses_data: bool, reason: str = "") -> None:
         refuse_ignored(args, DATA_OPTIONS[1:], "without --data", fix="add --data SPEC or drop")
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, dtype_default: str = "auto") -> None:
-    parser.add_argument("model", help="checkpoint folder, .gguf file, Hugging Face hub id, or alias (smollm2-135m)")
-    parser.add_argument("--dtype", default=dtype_default,
-                        help="auto (the checkpoint's own dtype; a .gguf is dequantised to float32), float32, "
-                             "bfloat16 or float16")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="run the model repository's own Python code (off by default)")
-
-
-def add_data_arguments(parser: argparse.ArgumentParser, samples: int = 32, seq_len: int = 512,
-                       default: str | None = "builtin") -> None:
-    add_common_arguments(parser)   # so that every verb reading data (heal too) also has --threads in recipes
-    parser.add_argument("--data", default=default, metavar="SPEC",
-                        help="builtin, self, a .txt/.jsonl/.parquet file or folder, wikitext2, c4, ptb, pg19, "
-                             "or hf:PATH:CONFIG:SPLIT")
-    parser.add_argument("--samples", type=int, default=samples, help="number of token blocks")
-    parser.add_argument("--seq-len", type=int, default=seq_len, help="tokens per block")
-    parser.add_argument("--seed", type=int, default=0, help="seed for document order and generation")
-    parser.add_argument("--text-field", default=None, help="field holding the text in .jsonl/.parquet (default text)")
-    parser.add_argument("--chat-template", action="store_true", help="wrap each document in the chat template")
-
-
 def data_spec_from_args(args) -> DataSpec:
+    if isinstance(args.data, DataSpec):   # the Python API: the spec carries its own samples, seq_len, ...
+        refuse_ignored(args, DATA_OPTIONS[1:], "with a DataSpec as data (it carries them)")
+        return args.data
     if args.samples < 1:
         raise DepthpruneError(f"--samples must be at least 1 (got {args.samples})")
     if args.seq_len < 2:
@@ -172,10 +132,13 @@ def data_spec_from_args(args) -> DataSpec:
     return spec.check()
 
 
-def add_output_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("--output", "-o", required=required, help="output folder (written atomically)")
-    parser.add_argument("--force", action="store_true", help="replace an existing output folder")
-
-
 def print_json(data) -> None:
     print(json.dumps(data, indent=2, default=str))
+
+
+def verb_schema(module) -> list:
+    """A verb module's ``OPTIONS``, plus the options every verb has (``--threads``) where it leaves them out."""
+    from .schema import options_of
+
+    names = {option.name for option in options_of(module.OPTIONS)}
+    return [*module.OPTIONS, *(option for option in COMMON_OPTIONS if option.name not in names)]

@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
-from .common import add_common_arguments, print_json
+from .common import COMMON_OPTIONS, model_options, print_json
+from .schema import Option, add_options
 
 HELP = "describe a model: architecture, layers, parameters, dtype"
 
+OPTIONS = [
+    *COMMON_OPTIONS,
+    *model_options(dtype_help="dtype to load with (auto keeps the checkpoint's)"),
+    Option("json", bool, False, api=False, help="print JSON"),
+]
+
 
 def add_arguments(parser) -> None:
-    add_common_arguments(parser)
-    parser.add_argument("model", help="checkpoint folder, .gguf file, Hugging Face hub id, or alias (smollm2-135m)")
-    parser.add_argument("--dtype", default="auto", help="dtype to load with (auto keeps the checkpoint's)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    add_options(parser, OPTIONS)
+
+
+def call(args) -> dict:
+    """The summary: architecture, layers, parameters, dtype (and depthprune provenance, if any)."""
+    from ..info import info
+
+    return info(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
 
 
 def run(args) -> int:
-    from ..info import info
-
-    summary = info(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    summary = call(args)
     if args.json:
         print_json(summary)
         return 0

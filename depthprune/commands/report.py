@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+from .common import COMMON_OPTIONS
+from .schema import Option, add_options
+
 HELP = "write an HTML + markdown report of one or more run folders"
+
+OPTIONS = [
+    *COMMON_OPTIONS,
+    Option("run_dirs", positional=True, many=True, metavar="RUN_DIR",
+           help="folders written by depthprune run/score/..."),
+    Option("output", required=True, short="-o", help="the .html file (a .md twin is written beside it)"),
+    Option("force", bool, False, help="replace an existing report"),
+    Option("title", help="page title"),
+]
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="folders written by depthprune run/score/...")
-    parser.add_argument("--output", "-o", required=True, help="the .html file (a .md twin is written beside it)")
-    parser.add_argument("--force", action="store_true", help="replace an existing report")
-    parser.add_argument("--title", default=None, help="page title")
+    add_options(parser, OPTIONS)
+
+
+def call(args):
+    """The path of the .html report written."""
+    from ..report import write_report
+
+    return write_report(args.run_dirs, args.output, force=args.force, title=args.title)
 
 
 def run(args) -> int:
-    from ..report import write_report
-
-    path = write_report(args.run_dirs, args.output, force=args.force, title=args.title)
+    path = call(args)
     print(f"report written to {path} and {path.with_suffix('.md')}")
     return 0

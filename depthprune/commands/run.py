@@ -8,30 +8,45 @@ from __future__ import annotations
 
 import json
 
+from .common import COMMON_OPTIONS
+from .schema import Option, add_options
+
 HELP = "run a pipeline (score, prune/collapse, heal, eval, report) from a YAML recipe"
+
+OPTIONS = [
+    *COMMON_OPTIONS,
+    Option("recipe", positional=True, help="the recipe .yaml file (see examples/), or its dict in Python"),
+    Option("output", short="-o", help="run folder (overrides the recipe's 'output')"),
+    Option("force", bool, False, help="re-run every step, replacing earlier outputs"),
+    Option("rerun", many=True, metavar="STEP",
+           help="re-run this step (folder name such as 02-prune, step number, or a verb used once) and the steps "
+                "that read it; repeatable"),
+    Option("dry_run", bool, False, help="validate and print the steps, run nothing"),
+    Option("validate", bool, False, help="only check the recipe against the schema"),
+]
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("recipe", help="the recipe .yaml file (see examples/)")
-    parser.add_argument("--output", "-o", default=None, help="run folder (overrides the recipe's 'output')")
-    parser.add_argument("--force", action="store_true", help="re-run every step, replacing earlier outputs")
-    parser.add_argument("--rerun", action="append", default=None, metavar="STEP",
-                        help="re-run this step (folder name such as 02-prune, step number, or a verb used once) "
-                             "and the steps that read it; repeatable")
-    parser.add_argument("--dry-run", action="store_true", help="validate and print the steps, run nothing")
-    parser.add_argument("--validate", action="store_true", help="only check the recipe against the schema")
+    add_options(parser, OPTIONS)
 
 
-def run(args) -> int:
+def call(args):
+    """With ``validate``: the checked :class:`~depthprune.recipe.Recipe`; else the run's record (see run_recipe)."""
     from ..recipe import load_recipe, run_recipe
 
     recipe = load_recipe(args.recipe)
     if args.validate:
-        print(f"{args.recipe}: valid ({len(recipe.steps)} steps: {', '.join(s.verb for s in recipe.steps)})")
+        return recipe
+    return run_recipe(recipe, output=args.output, force=args.force, dry_run=args.dry_run, rerun=args.rerun)
+
+
+def run(args) -> int:
+    result = call(args)
+    if args.validate:
+        print(f"{args.recipe}: valid ({len(result.steps)} steps: {', '.join(s.verb for s in result.steps)})")
         return 0
-    result = run_recipe(recipe, output=args.output, force=args.force, dry_run=args.dry_run,
-                        rerun=args.rerun)
     for step in result["steps"]:
         print(f"{step['step']:<14} {step['status']:<24} {' '.join(step['argv'])}")
     print(json.dumps({"run_dir": result["run_dir"], "model": result["model"]}))
     return 0
+

@@ -7,34 +7,52 @@ the same command run again after an interruption continues from the finished poi
 
 from __future__ import annotations
 
+from .common import (COMMON_OPTIONS, data_options, model_options, non_negative_int, output_options, positive_int)
+from .schema import Option, add_options
+
 HELP = "evaluate quality against layers removed, one curve per criterion"
+
+def options() -> list:
+    """The verb's schema, read from the criterion registry each time (so a plug-in appears in --methods' help)."""
+    from .criteria import names_help
+
+    return [
+        *COMMON_OPTIONS,
+        *model_options(),
+        Option("methods", default="angular,bi,last,ppl", help=f"comma-separated: {names_help()}"),
+        Option("n", default="0:8", help="layers removed: START:END[:STEP] inclusive, or 2,4,8"),
+        Option("eval", default="wikitext2", help="perplexity sources and/or tasks, e.g. wikitext2,piqa"),
+        Option("eval_seq_len", int, 256, help="perplexity window length"),
+        Option("data_dir", help="offline evaluation data, e.g. ../shared/data"),
+        Option("max_windows", positive_int, None, help="only the first N perplexity windows"),
+        Option("limit", positive_int, None, help="only the first N items of each task"),
+        Option("heal_steps", non_negative_int, 0, help="heal each pruned point for this many steps"),
+        Option("heal_method", default="lora", help="lora, full or distill"),
+        Option("heal_data", help="healing data SPEC (default: --data)"),
+        Option("scores", metavar="FILE", help="reuse a scores.json from depthprune score"),
+        *data_options(samples=16, seq_len=256),
+        Option("plots", bool, True, help="write sweep.json only, no sweep.png"),
+        *output_options(force_help="start over, replacing an existing (finished or unfinished) sweep in the output "
+                                   "folder"),
+    ]
+
+
+def __getattr__(name):
+    if name == "OPTIONS":
+        return options()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def add_arguments(parser) -> None:
-    from .common import (add_common_arguments, add_data_arguments, add_model_arguments, add_output_arguments,
-                         non_negative_int, positive_int)
+    add_options(parser, options())
+    parser.epilog = epilog()
 
-    add_common_arguments(parser)
-    add_model_arguments(parser)
-    parser.add_argument("--methods", default="angular,bi,last,ppl",
-                        help="comma-separated: angular, bi, ppl, taylor, magnitude, sleb, last")
-    parser.add_argument("--n", default="0:8", help="layers removed: START:END[:STEP] inclusive, or 2,4,8")
-    parser.add_argument("--eval", default="wikitext2", help="perplexity sources and/or tasks, e.g. wikitext2,piqa")
-    parser.add_argument("--eval-seq-len", type=int, default=256, help="perplexity window length")
-    parser.add_argument("--data-dir", default=None, help="offline evaluation data, e.g. ../shared/data")
-    parser.add_argument("--max-windows", type=positive_int, default=None, help="only the first N perplexity windows")
-    parser.add_argument("--limit", type=positive_int, default=None, help="only the first N items of each task")
-    parser.add_argument("--heal-steps", type=non_negative_int, default=0,
-                        help="heal each pruned point for this many steps")
-    parser.add_argument("--heal-method", default="lora", help="lora, full or distill")
-    parser.add_argument("--heal-data", default=None, help="healing data SPEC (default: --data)")
-    parser.add_argument("--scores", default=None, metavar="FILE", help="reuse a scores.json from depthprune score")
-    add_data_arguments(parser, samples=16, seq_len=256)
-    parser.add_argument("--no-plots", action="store_true", help="write sweep.json only, no sweep.png")
-    add_output_arguments(parser)
-    for action in parser._actions:
-        if action.dest == "force":
-            action.help = "start over, replacing an existing (finished or unfinished) sweep in the output folder"
+
+def epilog() -> str:
+    """``--help``'s closing list of the registered criteria."""
+    from .criteria import criteria_epilog
+
+    return criteria_epilog()
 
 
 def needs(args) -> list[tuple[str, str]]:
@@ -42,33 +60,42 @@ def needs(args) -> list[tuple[str, str]]:
     from ..sweep import sweep_needs
 
     return sweep_needs(args.model, args.methods, args.eval, args.data, args.data_dir, args.heal_steps,
-                       args.heal_method, args.heal_data, args.scores, args.output, plots=not args.no_plots)
+                       args.heal_method, args.heal_data, args.scores, args.output, plots=args.plots)
 
 
-def run(args) -> int:
+def call(args) -> dict:
+    """The sweep's result (what sweep.json holds)."""
     from ..sweep import sweep
     from .common import check_data_options, data_spec_from_args, refuse_ignored
 
     if not args.heal_steps:
         refuse_ignored(args, ("heal_method", "heal_data"), "without --heal-steps", fix="add --heal-steps K or drop")
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    from ..selection import check_method
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if isinstance(args.methods, str) \
+        else list(args.methods)
     # With --scores the data options still describe the calibration the scores came from (a recipe passes the
     # score step's scores and the sweep step repeats its data), so only a sweep that never scores refuses them.
-    scored = any(m != "last" for m in methods)
+    scored = any(check_method(m, option="--methods").scored for m in methods)
     check_data_options(args, scored or bool(args.heal_steps and args.heal_data is None),
-                       "with --methods last (nothing is scored) and healing off or reading --heal-data")
+                       f"with --methods {args.methods} (nothing is scored) and healing off or reading "
+                       "--heal-data")
     spec = data_spec_from_args(args)
-    result = sweep(args.model, methods=args.methods, n=args.n, eval=args.eval, data=spec.source,
-                   samples=spec.samples, seq_len=spec.seq_len, seed=spec.seed, text_field=spec.text_field,
-                   chat_template=spec.chat_template, eval_seq_len=args.eval_seq_len, data_dir=args.data_dir,
-                   max_windows=args.max_windows, limit=args.limit, heal_steps=args.heal_steps,
-                   heal_method=args.heal_method, heal_data=args.heal_data, scores=args.scores, output=args.output,
-                   force=args.force, plots=not args.no_plots, dtype=args.dtype, device=args.device,
-                   trust_remote_code=args.trust_remote_code)
-    metrics = [k for k in result["points"][0] if k not in ("method", "n", "fraction", "removed_layers", "seconds")]
-    print(f"{'method':<10} {'n':>3}  {'removed':<24} " + " ".join(f"{m:>16}" for m in metrics))
+    return sweep(args.model, methods=args.methods, n=args.n, eval=args.eval, data=spec.source,
+                 samples=spec.samples, seq_len=spec.seq_len, seed=spec.seed, text_field=spec.text_field,
+                 chat_template=spec.chat_template, eval_seq_len=args.eval_seq_len, data_dir=args.data_dir,
+                 max_windows=args.max_windows, limit=args.limit, heal_steps=args.heal_steps,
+                 heal_method=args.heal_method, heal_data=args.heal_data, scores=args.scores, output=args.output,
+                 force=args.force, plots=args.plots, dtype=args.dtype, device=args.device,
+                 trust_remote_code=args.trust_remote_code)
+
+
+def run(args) -> int:
     from ..plan import format_layer_list
 
+    result = call(args)
+    metrics = [k for k in result["points"][0] if k not in ("method", "n", "fraction", "removed_layers", "seconds")]
+    print(f"{'method':<10} {'n':>3}  {'removed':<24} " + " ".join(f"{m:>16}" for m in metrics))
     for point in result["points"]:
         values = " ".join(f"{point[m]:>16.4g}" if isinstance(point.get(m), float) else f"{'-':>16}"
                           for m in metrics)

@@ -53,7 +53,7 @@ def evaluate(model, ppl=None, seq_len=2048, tasks=None, num_fewshot: int | None 
              speed: bool = False, compare=None, data_dir=None, batch_size: int = 16, ppl_batch_size: int = 1,
              ppl_max_windows: int | None = None, speed_batch_sizes=(1, 4),
              speed_prompt_len: int = 128, speed_new_tokens: int = 32, speed_repeats: int = 5, dtype="auto",
-             device="cpu", trust_remote_code: bool = False) -> dict:
+             device="cpu", trust_remote_code: bool = False, speed_backend: str = "torch") -> dict:
     """Evaluate one model; the Python form of ``depthprune eval``.
 
     Args:
@@ -70,6 +70,7 @@ def evaluate(model, ppl=None, seq_len=2048, tasks=None, num_fewshot: int | None 
             dataset is not there are loaded by lm-eval (Hugging Face cache or hub).
         batch_size: sequences per forward pass for task scoring.
         ppl_max_windows: score only the first N perplexity windows.
+        speed_backend: ``torch`` (the loaded model) or ``llamacpp`` (the GGUF files themselves, in llama.cpp).
 
     Returns:
         ``{"model", "perplexity": {name: {"ppl", "seq_len", "tokens", ...} or {seq_len: {...}}}, "tasks": {name:
@@ -82,6 +83,10 @@ def evaluate(model, ppl=None, seq_len=2048, tasks=None, num_fewshot: int | None 
     from ..extras import require_all
 
     require_all(eval_needs(model, ppl, tasks, data_dir, compare))   # before reading or loading anything
+    if speed_backend == "llamacpp":
+        from .speed_llamacpp import check_llamacpp_speed
+
+        check_llamacpp_speed(model, compare)   # llama-cpp-python there, both models GGUF files: before the load
     ppl_names, task_names = _split_names(ppl), _split_names(tasks)
     lengths = _seq_lens(seq_len)
     if not (ppl_names or task_names or speed or compare):
@@ -126,7 +131,12 @@ def evaluate(model, ppl=None, seq_len=2048, tasks=None, num_fewshot: int | None 
         results["tasks"], settings["lm_eval_version"] = run_tasks(loaded.model, require_tokenizer(loaded),
                                                                   lm_eval_tasks, limit=limit, batch_size=batch_size)
 
-    if speed or compare:
+    if (speed or compare) and speed_backend == "llamacpp":
+        from .speed_llamacpp import compare_speed_llamacpp
+
+        results["speed"] = compare_speed_llamacpp(model, compare, prompt_len=speed_prompt_len,
+                                                  new_tokens=speed_new_tokens, repeats=speed_repeats)
+    elif speed or compare:
         from .speed import compare_speed
 
         base = _loaded(compare, dtype, device, trust_remote_code) if compare is not None else None

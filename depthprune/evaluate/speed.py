@@ -42,13 +42,13 @@ def weights_read_per_token(model) -> int:
     return total if tied else total - embed_params
 
 
-def checkpoint_bytes(checkpoint_dir: str | Path | None, model=None) -> dict:
+def _checkpoint_size(checkpoint_dir: str | Path | None, model=None) -> dict:
     """Size of the weight files in ``checkpoint_dir``, or of the parameters in memory when there is none."""
-    if checkpoint_dir is not None and Path(checkpoint_dir).is_dir():
-        files = [p for p in Path(checkpoint_dir).iterdir()
-                 if p.suffix in (".safetensors", ".bin", ".gguf", ".pt") and p.is_file()]
-        if files:
-            return {"checkpoint_bytes": sum(p.stat().st_size for p in files), "checkpoint_size_from": "files"}
+    from ..loading import checkpoint_bytes
+
+    size = checkpoint_bytes(checkpoint_dir)
+    if size:
+        return {"checkpoint_bytes": size, "checkpoint_size_from": "files"}
     if model is None:
         return {}
     size = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -188,7 +188,7 @@ def compare_speed(model, base=None, batch_sizes=(1, 4), prompt_len: int = 128, n
             "num_layers": _layer_count(m),
             "dtype": str(next(m.parameters()).dtype).replace("torch.", ""),
             "device": str(next(m.parameters()).device),
-            **checkpoint_bytes(checkpoint_dir if name == "model" else base_checkpoint_dir, m),
+            **_checkpoint_size(checkpoint_dir if name == "model" else base_checkpoint_dir, m),
         }
         if cuda:
             entry["peak_memory_bytes"] = peak.get(name)

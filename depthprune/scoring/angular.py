@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import DepthpruneError
-from .base import Scorer, ScorerConfig, last_real_token, real_token_mask, register
+from .base import Criterion, CriterionOption, Scorer, ScorerConfig, last_real_token, real_token_mask, register
+from .plots import angular_plots
 
 TOKEN_MODES = ("last", "all")
 
@@ -56,7 +57,7 @@ class AngularConfig(ScorerConfig):
 
     def __post_init__(self):
         if self.tokens not in TOKEN_MODES:
-            raise DepthpruneError(f"unknown --tokens {self.tokens!r}; use one of {', '.join(TOKEN_MODES)}")
+            raise DepthpruneError(f"unknown --token-positions {self.tokens!r}; use one of {', '.join(TOKEN_MODES)}")
 
 
 class AngularScorer(Scorer):
@@ -83,5 +84,10 @@ class AngularScorer(Scorer):
         return {"angular": {str(n): values for n, values in table.items()}, "angular_tokens": self.config.tokens}
 
 
-register("angular", AngularConfig, AngularScorer,
-         "angular distance d(l, n) between a block's input and output (Gromov et al.); removes the best block")
+CRITERION = register(Criterion(
+    name="angular", selection="block", config_class=AngularConfig, scorer_class=AngularScorer,
+    description="angular distance d(l, n) between a block's input and output (Gromov et al.); removes the best "
+                "block",
+    options=(CriterionOption("token_positions", "tokens", choices=TOKEN_MODES, default="last",
+                             help="angular distance on the last real token of each sample, or on all real tokens"),),
+    evidence_keys=("angular_tokens",), plot=angular_plots))

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Scorer, ScorerConfig, real_token_mask, register
+from .base import Criterion, Scorer, ScorerConfig, real_token_mask, register
+from .plots import bi_plots
 
 
 def block_influence_terms(hidden_in: torch.Tensor, hidden_out: torch.Tensor,
@@ -46,4 +47,6 @@ class BIScorer(Scorer):
         return {"bi": [block_influence(s, c) for s, c in zip(self.cos_sum, self.count)]}
 
 
-register("bi", BIConfig, BIScorer, "Block Influence, 1 - cos(h[l], h[l+1]) (ShortGPT); removes the lowest")
+CRITERION = register(Criterion(
+    name="bi", selection="lowest", config_class=BIConfig, scorer_class=BIScorer, plot=bi_plots,
+    description="Block Influence, 1 - cos(h[l], h[l+1]) (ShortGPT); removes the lowest"))

@@ -7,7 +7,7 @@ from typing import Iterable
 
 import torch
 
-from .base import EDGE_KEEP_FIRST, EDGE_KEEP_LAST, Scorer, ScorerConfig, register
+from .base import EDGE_KEEP_FIRST, EDGE_KEEP_LAST, Criterion, Scorer, ScorerConfig, register
 
 
 def weight_magnitude(tensors: Iterable[torch.Tensor]) -> float:
@@ -25,7 +25,6 @@ class MagnitudeConfig(ScorerConfig):
 
 class MagnitudeScorer(Scorer):
     streaming = False
-    needs_data = False
 
     def __init__(self, config: MagnitudeConfig, num_layers: int):
         super().__init__(config, num_layers)
@@ -52,4 +51,6 @@ class MagnitudeScorer(Scorer):
         return {"magnitude": self.values}
 
 
-register("magnitude", MagnitudeConfig, MagnitudeScorer, "sum of |w| per layer (Shortened LLaMA baseline); no data")
+CRITERION = register(Criterion(
+    name="magnitude", selection="lowest", config_class=MagnitudeConfig, scorer_class=MagnitudeScorer,
+    needs_data=False, description="sum of |w| per layer (Shortened LLaMA baseline); no data"))

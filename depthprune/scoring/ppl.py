@@ -9,11 +9,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .base import Scorer, ScorerConfig, register
+from .base import Criterion, Scorer, ScorerConfig, register
 
 
-def perplexity(nll_sum: float, count: int) -> float:
-    """``exp(mean NLL)``; inf when it overflows."""
+def perplexity_from_nll(nll_sum: float, count: int = 1) -> float:
+    """``exp(nll_sum / count)``, the perplexity of a summed (or, with ``count`` 1, mean) NLL; inf when it overflows."""
     mean = nll_sum / max(count, 1)
     return math.exp(mean) if mean < 700 else math.inf
 
@@ -24,8 +24,6 @@ class PPLConfig(ScorerConfig):
 
 
 class PPLScorer(Scorer):
-    needs_all_layers = True
-
     def __init__(self, config: PPLConfig, num_layers: int):
         super().__init__(config, num_layers)
         self.nll = [0.0] * num_layers
@@ -53,9 +51,11 @@ class PPLScorer(Scorer):
             self.dense[1] += count
 
     def finalize(self) -> dict:
-        return {"ppl": [perplexity(t, c) for t, c in zip(self.nll, self.count)],
-                "dense_ppl": perplexity(*self.dense)}
+        return {"ppl": [perplexity_from_nll(t, c) for t, c in zip(self.nll, self.count)],
+                "dense_ppl": perplexity_from_nll(*self.dense)}
 
 
-register("ppl", PPLConfig, PPLScorer, "calibration perplexity with layer l removed (Shortened LLaMA); removes the "
-         "lowest")
+CRITERION = register(Criterion(
+    name="ppl", selection="lowest", config_class=PPLConfig, scorer_class=PPLScorer, needs_whole_model=True,
+    description="calibration perplexity with layer l removed (Shortened LLaMA); removes the lowest",
+    evidence_keys=("dense_ppl",)))

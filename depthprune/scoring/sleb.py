@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass
 
 from ..errors import DepthpruneError
-from .base import Scorer, ScorerConfig, register
+from .base import Criterion, CriterionOption, Scorer, ScorerConfig, register
+from .ppl import perplexity_from_nll
 
 
 def sleb_candidates(num_layers: int, removed: set[int], protected: set[int]) -> list[int]:
@@ -30,7 +31,6 @@ class SLEBConfig(ScorerConfig):
 
 class SLEBScorer(Scorer):
     streaming = False
-    needs_all_layers = True
 
     def __init__(self, config: SLEBConfig, num_layers: int):
         super().__init__(config, num_layers)
@@ -63,10 +63,14 @@ class SLEBScorer(Scorer):
             best = min(candidates, key=lambda c: (losses[c], c))
             removed.add(best)
             self.order.append(best)
-            self.ppl_after.append(math.exp(losses[best]) if losses[best] < 700 else math.inf)
+            self.ppl_after.append(perplexity_from_nll(losses[best]))      # losses are means per token
 
     def finalize(self) -> dict:
         return {"sleb": self.order, "sleb_ppl": self.ppl_after}
 
 
-register("sleb", SLEBConfig, SLEBScorer, "iterative removal by calibration loss (SLEB); removes in its order")
+CRITERION = register(Criterion(
+    name="sleb", selection="order", config_class=SLEBConfig, scorer_class=SLEBScorer, needs_whole_model=True,
+    description="iterative removal by calibration loss (SLEB); removes in its order",
+    options=(CriterionOption("sleb_n", "num_remove", type=int, help="layers SLEB removes (default: a quarter)"),),
+    count_option="sleb_n", evidence_keys=("sleb_ppl",)))

@@ -14,7 +14,7 @@ from typing import Iterable
 import torch
 
 from ..errors import DepthpruneError
-from .base import EDGE_KEEP_FIRST, EDGE_KEEP_LAST, Scorer, ScorerConfig, register
+from .base import EDGE_KEEP_FIRST, EDGE_KEEP_LAST, Criterion, Scorer, ScorerConfig, register
 
 
 def taylor_importance(weights_and_grads: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
@@ -32,7 +32,6 @@ class TaylorConfig(ScorerConfig):
 
 class TaylorScorer(Scorer):
     streaming = False
-    needs_all_layers = True
 
     def __init__(self, config: TaylorConfig, num_layers: int):
         super().__init__(config, num_layers)
@@ -77,5 +76,6 @@ class TaylorScorer(Scorer):
         return {"taylor": self.values}
 
 
-register("taylor", TaylorConfig, TaylorScorer, "sum |w * dLoss/dw| per layer (Shortened LLaMA Taylor+); removes the "
-         "lowest")
+CRITERION = register(Criterion(
+    name="taylor", selection="lowest", config_class=TaylorConfig, scorer_class=TaylorScorer, needs_gradients=True,
+    description="sum |w * dLoss/dw| per layer (Shortened LLaMA Taylor+); removes the lowest"))

@@ -10,36 +10,26 @@ import torch
 
 from ..errors import DepthpruneError
 from ..metadata import SCORES_FILE
-from .base import EDGE_KEEP_FIRST, EDGE_KEEP_LAST, ScoringContext, get_entry, parse_metrics
+from .base import CRITERIA, ScoringContext, criterion_options, parse_metrics, scored_names
 
 logger = logging.getLogger(__name__)
 
 
-
-def make_configs(metrics, tokens: str = "last", keep_edges: bool | None = None,
-                 sleb_n: int | None = None) -> dict:
+def make_configs(metrics, keep_edges: bool | None = None, **options) -> dict:
     """One config per metric from the shared options.
 
     Args:
-        tokens: angular distance on the ``last`` real token or ``all`` real tokens.
         keep_edges: True: first 4 / last 2 layers never candidates for every metric; False: for none; None: each
             metric's default (on for taylor and magnitude).
-        sleb_n: layers SLEB removes iteratively (None: a quarter of the layers).
+        options: criterion options by name, each given to the criteria that take it (``token_positions="all"`` to
+            angular, ``sleb_n=4`` to sleb); None keeps a criterion's default. A name no criterion takes is an error.
     """
-    configs = {}
-    for name in parse_metrics(metrics):
-        entry = get_entry(name)
-        kwargs = {}
-        if name == "angular":
-            kwargs["tokens"] = tokens
-        if name == "sleb":
-            kwargs["num_remove"] = sleb_n
-        if keep_edges is True:
-            kwargs.update(keep_first=EDGE_KEEP_FIRST, keep_last=EDGE_KEEP_LAST)
-        elif keep_edges is False:
-            kwargs.update(keep_first=0, keep_last=0)
-        configs[name] = entry.config_class(**kwargs)
-    return configs
+    known = criterion_options()
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise DepthpruneError(f"unknown criterion option(s) {', '.join(unknown)}; the registered criteria take "
+                              f"{', '.join(known) or 'none'}")
+    return {name: CRITERIA.get(name).make_config(keep_edges, **options) for name in parse_metrics(metrics)}
 
 
 def score_model(model, configs: dict, input_ids: torch.Tensor | None = None,
@@ -61,16 +51,18 @@ def score_model(model, configs: dict, input_ids: torch.Tensor | None = None,
 
     adapter = ModelAdapter(model)
     num_layers = adapter.num_layers
-    scorers = [get_entry(name).scorer_class(config, num_layers) for name, config in configs.items()]
-    needing_data = [s.name for s in scorers if s.needs_data]
+    entries = [CRITERIA.get(name) for name in configs]
+    scorers = [entry.scorer_class(configs[entry.name], num_layers) for entry in entries]
+    needing_data = [e.name for e in entries if e.needs_data]
     if needing_data and input_ids is None:
         raise DepthpruneError(f"metric(s) {', '.join(needing_data)} need calibration data; pass --data SPEC "
                               "(e.g. builtin or a .txt file)")
     if weights is not None:
-        refused = [s.name for s in scorers if s.needs_all_layers]
+        refused = [e.name for e in entries if e.needs_whole_model]
         if refused:
+            layerwise = [name for name in scored_names() if not CRITERIA.get(name).needs_whole_model]
             raise DepthpruneError(f"metric(s) {', '.join(refused)} need every layer in memory; drop --sequential "
-                                  "or score only angular, bi and magnitude in sequential mode")
+                                  f"or score only {', '.join(layerwise)} in sequential mode")
     calibration = None
     if needing_data:
         calibration = CalibrationPass(model, input_ids, attention_mask, batch_size=batch_size, device=device,
@@ -100,7 +92,8 @@ def score_model(model, configs: dict, input_ids: torch.Tensor | None = None,
 
 
 def _should_run_sequentially(checkpoint_dir, dtype, device) -> bool:
-    from ..calibration import available_memory_bytes, checkpoint_bytes
+    from ..calibration import available_memory_bytes
+    from ..loading import checkpoint_bytes
 
     if checkpoint_dir is None:
         return False
@@ -113,26 +106,28 @@ def score_needs(model, metrics="angular,bi", data=None, output=None, plots: bool
     from ..extras import data_needs, model_needs
 
     needs = model_needs(model)
-    if any(get_entry(name).scorer_class.needs_data for name in parse_metrics(metrics)):
+    if any(CRITERIA.get(name).needs_data for name in parse_metrics(metrics)):
         needs += data_needs(data)
     if output is not None and plots:
         needs.append(("matplotlib", "score's plots (--no-plots skips them)"))
     return needs
 
 
-def score(model, metrics="angular,bi", data=None, tokens: str = "last", keep_edges: bool | None = None,
+def score(model, metrics="angular,bi", data=None, token_positions: str = "last", keep_edges: bool | None = None,
           sleb_n: int | None = None, batch_size: int = 8, sequential: bool | None = False, output=None,
           force: bool = False, plots: bool = True, dtype="auto", device="cpu", trust_remote_code: bool = False,
-          show_progress: bool = True) -> dict:
+          show_progress: bool = True, **criterion_options) -> dict:
     """Score every layer of a model and (with ``output``) write ``scores.json`` and plots (``depthprune score``).
 
     Args:
         model: anything :func:`depthprune.load_model` accepts, or a :class:`~depthprune.LoadedModel`.
-        metrics: comma-separated names or a list: angular, bi, ppl, taylor, magnitude, sleb.
+        metrics: comma-separated names or a list of registered criteria (angular, bi, ppl, taylor, magnitude,
+            sleb, and any registered since).
         data: a :class:`~depthprune.DataSpec` or a source string; None only for data-free metrics (magnitude).
-        tokens: ``last`` or ``all`` real tokens for angular distance.
+        token_positions: ``last`` or ``all`` real tokens for angular distance.
         keep_edges: the first-4/last-2 keep-set for every metric (True), none (False), or each default (None).
         sleb_n: layers SLEB removes (default a quarter).
+        criterion_options: the options of further registered criteria, by name (as ``token_positions`` and ``sleb_n``).
         sequential: read one decoder layer at a time from the checkpoint's safetensors; None decides by memory.
         output: folder for ``scores.json`` and PNG plots (written atomically); None writes nothing.
 
@@ -143,8 +138,8 @@ def score(model, metrics="angular,bi", data=None, tokens: str = "last", keep_edg
     from ..loading import LoadedModel, load_model, require_tokenizer
     from ..saving import atomic_output_dir, check_output_dir, write_json_atomic
 
-    configs = make_configs(metrics, tokens=tokens, keep_edges=keep_edges, sleb_n=sleb_n)
-    needing_data = [name for name in configs if get_entry(name).scorer_class.needs_data]
+    configs = make_configs(metrics, keep_edges=keep_edges, token_positions=token_positions, sleb_n=sleb_n, **criterion_options)
+    needing_data = [name for name in configs if CRITERIA.get(name).needs_data]
     if needing_data and data is None:
         raise DepthpruneError(f"metric(s) {', '.join(needing_data)} need calibration data; pass --data SPEC "
                               "(e.g. builtin or a .txt file)")
@@ -236,37 +231,3 @@ def _load_for_sequential(model, dtype, device, trust_remote_code, sequential):
         tokenizer = None
     return LoadedModel(model=skeleton, tokenizer=tokenizer, source=source, description=description,
                        checkpoint_dir=folder), weights
-
-
-def ranking_table(scores: dict) -> str:
-    """A per-layer table of every criterion in ``scores`` with each layer's rank (1 = removed first)."""
-    num_layers = int(scores["num_layers"])
-    columns: dict[str, list[float]] = {}
-    if "angular" in scores:
-        columns["angular(n=1)"] = list(scores["angular"]["1"])[:num_layers]
-    for name in ("bi", "ppl", "taylor", "magnitude"):
-        if name in scores:
-            columns[name] = list(scores[name])
-    ranks = {name: _ranks(values) for name, values in columns.items()}
-    sleb_order = {layer: i + 1 for i, layer in enumerate(scores.get("sleb", []))}
-    header = ["layer"] + [f"{name} (rank)" for name in columns] + (["sleb order"] if "sleb" in scores else [])
-    rows = []
-    for layer in range(num_layers):
-        row = [str(layer)] + [f"{columns[n][layer]:.4g} ({ranks[n][layer]})" for n in columns]
-        if "sleb" in scores:
-            row.append(str(sleb_order.get(layer, "-")))
-        rows.append(row)
-    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    lines = ["  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in [header] + rows]
-    note = "rank 1 = least important (removed first); angular(n=1) = d(l, 1)"
-    if "dense_ppl" in scores:
-        note += f"; dense calibration perplexity {scores['dense_ppl']:.4g}"
-    return "\n".join(lines + [note])
-
-
-def _ranks(values: list[float]) -> list[int]:
-    order = sorted(range(len(values)), key=lambda i: (values[i], i))
-    ranks = [0] * len(values)
-    for rank, index in enumerate(order, start=1):
-        ranks[index] = rank
-    return ranks
