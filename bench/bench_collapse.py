@@ -98,17 +98,13 @@ def block_influence(states: list[torch.Tensor]) -> list[float]:
 
 
 def zero_shot(model, tokenizer, tasks: list[str], limit: int) -> dict:
-    try:
-        from depthprune.evaluate.lm_wrapper import DepthpruneLM
-        from depthprune.evaluate.multiple_choice import evaluate_task
-        from depthprune.evaluate.tasks import get_task
-    except Exception as error:   # the shared evaluator is being written in parallel; say so and go on
-        return {"skipped": f"depthprune.evaluate not importable ({type(error).__name__}: {error})"}
-    lm = DepthpruneLM(model, tokenizer, batch_size=16)
+    """lm-eval's scores of ``tasks`` on the first ``limit`` items of the shared data (depthprune.evaluate.harness)."""
+    from depthprune.evaluate.harness import build_tasks, run_tasks
+
     results = {}
     for name in tasks:
         try:
-            results[name] = evaluate_task(lm, get_task(name), SHARED, limit=limit)
+            results.update(run_tasks(model, tokenizer, build_tasks([name], SHARED), limit=limit, batch_size=16)[0])
         except Exception as error:
             results[name] = {"skipped": f"{type(error).__name__}: {error}"}
     return results

@@ -2,6 +2,10 @@
 budget on the C4 slice; WikiText-2 perplexity before/after against the dense model, and tokens/s of each method.
 
     python bench/bench_heal.py --tokens 8192 --eval-windows 32      # what bench/RESULTS.md (Healing) reports
+    python bench/bench_heal.py --methods full:all,full:touched,lora:all,lora:touched --tokens 4096 --seq-len 128
+
+A method may carry ``:all`` or ``:touched`` (``--train-layers``: every layer, or only the kept layers next to the
+gap) and ``:topK`` for distillation from the cached teacher's top K (e.g. ``distill:top64``).
 
 Perplexity: token-level, non-overlapping windows of --eval-seq-len tokens over WikiText-2 test joined with blank
 lines (the raw file already is), first --eval-windows windows. Outputs go to --work (default: a temp folder).
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import sys
 import tempfile
@@ -21,7 +26,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+SHARED = Path(os.environ.get("DEPTHPRUNE_SHARED_DATA", REPO.parent / "shared" / "data"))
 C4 = SHARED / "c4" / "c4_validation_2k.jsonl"
 WIKITEXT = SHARED / "wikitext2" / "wiki.test.raw"
 
@@ -78,14 +83,23 @@ def main() -> int:
     rows.append({"model": f"pruned {args.layers} (22 layers), no healing", "ppl": ppl(loaded.model)})
     print(json.dumps(rows[-1]), flush=True)
     del loaded
-    for method in args.methods.split(","):
+    for variant in args.methods.split(","):
+        method, *options = variant.split(":")
+        extra = {}
+        for option in options:
+            if option in ("all", "touched"):
+                extra["train_layers"] = option
+            elif option.startswith("top"):
+                extra["top_k"] = int(option[3:])
         began = time.time()
-        result = heal(str(pruned_dir), data=str(C4), output=work / f"healed-{method}", method=method,
-                      tokens=args.tokens, seq_len=args.seq_len, batch_size=args.batch_size,
+        result = heal(str(pruned_dir), data=str(C4), output=work / f"healed-{variant.replace(':', '-')}",
+                      method=method, tokens=args.tokens, seq_len=args.seq_len, batch_size=args.batch_size,
                       lr=LEARNING_RATES[method], eval_samples=4, eval_every=10_000, save_every=10_000, force=True,
-                      progress=False)
+                      progress=False, **extra)
         healing = result.metadata["healing"]
-        rows.append({"model": f"healed: {method} ({healing['preset']}, lr {LEARNING_RATES[method]:g})",
+        layers = healing["trained_layers"]
+        trained = "all layers" if layers == "all" else f"layers {layers} only"
+        rows.append({"model": f"healed: {variant} ({healing['preset']}, lr {LEARNING_RATES[method]:g}, {trained})",
                      "ppl": ppl(result.model), "tokens": healing["tokens_seen"], "steps": healing["steps"],
                      "tokens_per_s": healing["tokens_per_second"], "wall_s": time.time() - began,
                      "c4_heldout_loss": [healing["initial_eval_loss"], healing["final_eval_loss"]]})

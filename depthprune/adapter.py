@@ -263,37 +263,9 @@ class ModelAdapter:
         The first and the final layer, and plans that leave a single layer, need an explicit ``allow_*``: a criterion
         asked for too many layers otherwise silently removes the layers that matter most.
         """
-        layers = list(layers)
         num_layers = self.num_layers
-        for index in layers:
-            if not isinstance(index, int) or isinstance(index, bool):
-                raise DepthpruneError(f"layer index {index!r} is not an integer; give 0-based layer numbers")
-            if not 0 <= index < num_layers:
-                raise DepthpruneError(
-                    f"layer {index} is out of range: this model has {num_layers} layers, numbered 0..{num_layers - 1}"
-                )
-        duplicates = sorted({i for i in layers if layers.count(i) > 1})
-        if duplicates:
-            raise DepthpruneError(f"layer(s) {duplicates} listed more than once; list each layer once")
-        removed = sorted(layers)
-        if len(removed) >= num_layers:
-            raise DepthpruneError(f"cannot remove all {num_layers} layers; keep at least one")
-        if 0 in removed and not allow_first_layer:
-            raise DepthpruneError(
-                "refusing to remove the first layer (0): it turns embeddings into the representation every later "
-                "layer expects; ask for fewer layers, or pass --allow-first-layer (allow_first_layer=True) if you "
-                "mean it"
-            )
-        if num_layers - len(removed) < 2 and not allow_single_layer:
-            raise DepthpruneError(
-                f"removing {len(removed)} of {num_layers} layers leaves one; ask for fewer layers (at most "
-                f"{num_layers - 2}), or pass --allow-single-layer (allow_single_layer=True) if you mean it"
-            )
-        if (num_layers - 1) in removed and not allow_final_layer:
-            raise DepthpruneError(
-                f"refusing to remove the final layer ({num_layers - 1}): it shapes the output distribution; "
-                "pass --allow-final-layer (allow_final_layer=True) if you mean it"
-            )
+        removed = check_layer_indices(layers, num_layers, allow_final_layer=allow_final_layer,
+                                      allow_first_layer=allow_first_layer, allow_single_layer=allow_single_layer)
         for key, bad_value in self.spec.refuse_if.items():
             if getattr(self.text_config, key, None) == bad_value:
                 raise DepthpruneError(
@@ -382,6 +354,45 @@ class ModelAdapter:
                 setattr(config, key, sum(1 for i in kept if i < threshold))
         setattr(config, spec.num_layers_key, len(kept))
 
+
+
+def check_layer_indices(layers: Iterable[int], num_layers: int, allow_final_layer: bool = False,
+                        allow_first_layer: bool = False, allow_single_layer: bool = False) -> list[int]:
+    """The checks of :meth:`ModelAdapter.check_removal` that need only the layer count; returns ``removed``, sorted.
+
+    Also used on files whose model is never built (a GGUF pruned at the file level).
+    """
+    layers = list(layers)
+    for index in layers:
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise DepthpruneError(f"layer index {index!r} is not an integer; give 0-based layer numbers")
+        if not 0 <= index < num_layers:
+            raise DepthpruneError(
+                f"layer {index} is out of range: this model has {num_layers} layers, numbered 0..{num_layers - 1}"
+            )
+    duplicates = sorted({i for i in layers if layers.count(i) > 1})
+    if duplicates:
+        raise DepthpruneError(f"layer(s) {duplicates} listed more than once; list each layer once")
+    removed = sorted(layers)
+    if len(removed) >= num_layers:
+        raise DepthpruneError(f"cannot remove all {num_layers} layers; keep at least one")
+    if 0 in removed and not allow_first_layer:
+        raise DepthpruneError(
+            "refusing to remove the first layer (0): it turns embeddings into the representation every later "
+            "layer expects; ask for fewer layers, or pass --allow-first-layer (allow_first_layer=True) if you "
+            "mean it"
+        )
+    if num_layers - len(removed) < 2 and not allow_single_layer:
+        raise DepthpruneError(
+            f"removing {len(removed)} of {num_layers} layers leaves one; ask for fewer layers (at most "
+            f"{num_layers - 2}), or pass --allow-single-layer (allow_single_layer=True) if you mean it"
+        )
+    if (num_layers - 1) in removed and not allow_final_layer:
+        raise DepthpruneError(
+            f"refusing to remove the final layer ({num_layers - 1}): it shapes the output distribution; "
+            "pass --allow-final-layer (allow_final_layer=True) if you mean it"
+        )
+    return removed
 
 
 def context_length(model: nn.Module) -> tuple[int, str] | None:

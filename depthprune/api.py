@@ -29,8 +29,8 @@ from .commands.schema import api_namespace, api_signature
 from .loading import load_model
 from .recipe import load_recipe
 
-__all__ = ["collapse", "evaluate", "heal", "info", "load_model", "load_recipe", "prune", "report", "run", "score",
-           "sweep"]
+__all__ = ["collapse", "evaluate", "export", "heal", "info", "load_model", "load_recipe", "prune", "report", "run",
+           "score", "sweep"]
 
 
 def _verb_function(verb: str, name: str | None = None):
@@ -52,6 +52,7 @@ def _verb_function(verb: str, name: str | None = None):
 
 collapse = _verb_function("collapse")
 evaluate = _verb_function("eval", "evaluate")
+export = _verb_function("export")
 heal = _verb_function("heal")
 info = _verb_function("info")
 prune = _verb_function("prune")

@@ -28,6 +28,7 @@ COMMANDS = {
     "sweep": "depthprune.commands.sweep",
     "heal": "depthprune.commands.heal",
     "collapse": "depthprune.commands.collapse",
+    "export": "depthprune.commands.export",
 }
 
 

@@ -187,9 +187,16 @@ def _load_gguf(gguf_path: Path, trust_remote_code: bool):
 
     from .saving import atomic_output_dir
 
+    from .filesurgery.gguf_files import GgufModel
+    from .metadata import METADATA_FILE
+    from .saving import write_json_atomic
+
+    provenance = GgufModel.open(gguf_path).parent_metadata()   # a GGUF depthprune pruned carries its plan
     with atomic_output_dir(cache_dir, force=True) as tmp:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if provenance is not None:
+            write_json_atomic(tmp / METADATA_FILE, provenance)
     return cache_dir
 
 

@@ -15,12 +15,15 @@ from .saving import check_output_dir, read_metadata, save
 logger = logging.getLogger(__name__)
 
 
-def original_numbering(loaded: LoadedModel, plan: PrunePlan) -> dict:
+def original_numbering(loaded: LoadedModel, plan: PrunePlan, parent: dict | None = None) -> dict:
     """Provenance fields in the ORIGINAL base model's numbering, following an earlier depthprune step if any.
 
     Pruning an already pruned checkpoint composes: its ``kept_layers`` map our indices back to the base model.
+    ``parent`` is that step's metadata when it is not in a ``depthprune.json`` beside the weights (a GGUF holds
+    it inside).
     """
-    parent = read_metadata(loaded.checkpoint_dir, num_layers=plan.num_layers)
+    if parent is None:
+        parent = read_metadata(loaded.checkpoint_dir, num_layers=plan.num_layers)
     if parent and "kept_layers" in parent:
         base_kept = parent["kept_layers"]
         kept = [base_kept[i] for i in plan.kept_layers]
@@ -53,10 +56,15 @@ def apply_plan(model, plan: PrunePlan, **allow) -> None:
     adapter.keep_layers(kept)
 
 
+def pruned_metadata(loaded: LoadedModel, plan: PrunePlan, parent: dict | None = None) -> dict:
+    """The ``depthprune.json`` of a pruned model: provenance in the original numbering, the method and the plan."""
+    return {**original_numbering(loaded, plan, parent), "method": plan.method, "plan": plan.to_dict()}
+
+
 def save_pruned(loaded: LoadedModel, plan: PrunePlan, output, force: bool = False, extra_metadata: dict | None = None,
                 extra_files: dict | None = None) -> Path:
     """Save an already pruned ``loaded.model`` with the plan and its provenance in ``depthprune.json``."""
-    metadata = {**original_numbering(loaded, plan), "method": plan.method, "plan": plan.to_dict()}
+    metadata = pruned_metadata(loaded, plan)
     metadata.update(extra_metadata or {})
     return save(loaded.model, loaded.tokenizer, output, metadata=metadata, force=force, extra_files=extra_files)
 
@@ -83,8 +91,8 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
           allow_single_layer: bool = False, dtype="auto", device="cpu",
           trust_remote_code: bool = False, method: str | None = None, n: int | None = None,
           ratio: float | None = None, data=None, scores: str | Path | dict | None = None, token_positions: str = "last",
-          keep_edges: bool | None = None, batch_size: int = 8, compensate: str = "none",
-          max_ppl_ratio: float | None = None, target_params: int | str | None = None,
+          keep_edges: bool | None = None, batch_size: int = 8, format: str | None = None, surgery: str = "auto",
+          compensate: str = "none", max_ppl_ratio: float | None = None, target_params: int | str | None = None,
           **criterion_options) -> PrunePlan:
     """Remove layers and save an ordinary checkpoint (``depthprune prune MODEL --layers ...`` or ``--method ...``).
 
@@ -104,6 +112,10 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
             compensation and for the quality gate.
         scores: a ``scores.json`` (path or dict) from ``depthprune score`` to reuse instead of scoring again.
         token_positions, keep_edges, batch_size: scoring options (see :func:`depthprune.scoring.score`).
+        format: ``safetensors`` (a checkpoint folder) or ``gguf`` (one file, from a GGUF source's bytes); default:
+            ``gguf`` when ``output`` ends in ``.gguf``.
+        surgery: ``auto`` copies the kept tensors at the file level when the plan needs no weights and the source
+            is a safetensors folder (or a GGUF written as GGUF), and says so; ``file`` insists, ``memory`` loads.
         compensate: fold a training-free compensation into the weights, calibrated on ``data``: linear, cosine,
             scale or none (see :mod:`depthprune.compensate`).
         max_ppl_ratio: instead of ``n``: remove as many layers, in the criterion's order, as keep the calibration
@@ -142,20 +154,32 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
         layer_list = parse_layer_list(layers) if isinstance(layers, str) else list(layers)
     if output is None and not dry_run:
         raise DepthpruneError("no --output given; name the folder for the pruned model (or use --dry-run)")
+    from .filesurgery import choose_route, open_for_route
+
+    # a criterion that scores the weights, compensation and the quality gate need them in memory
+    needs_weights = (entry is not None and entry.scored and scores is None) or reads_data
+    route = choose_route(model, output, format, surgery, needs_weights=needs_weights, dtype=dtype)
+    if compensate != "none" and route.kind == "gguf":
+        raise DepthpruneError(f"--compensate {compensate} changes weights, and a GGUF output copies the source's "
+                              "blocks unchanged; write safetensors (an output folder) instead")
     if output is not None and not dry_run:
-        check_output_dir(output, force)   # fail before loading anything
+        if route.writes_file:
+            from .filesurgery.output import check_output_file
+
+            check_output_file(output, force)
+        else:
+            check_output_dir(output, force)   # fail before loading anything
     from .extras import require_all
 
-    require_all(prune_needs(model, method, data, scores, compensate, max_ppl_ratio))   # before loading anything
+    gguf_needs = [("gguf", f"writing {output}")] if route.writes_file else []
+    require_all(prune_needs(model, method, data, scores, compensate, max_ppl_ratio) + gguf_needs)   # before loading
     scores_data = read_scores(scores) if scores is not None else None
     if entry is not None and entry.needs_data and scores_data is None and data is None:
         raise DepthpruneError(f"method {method!r} needs calibration data; pass --data SPEC (e.g. builtin or a .txt "
                               "file) or reuse a scores.json with --scores")
     allow = {"allow_final_layer": allow_final_layer, "allow_first_layer": allow_first_layer,
              "allow_single_layer": allow_single_layer}
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device,
-                                                                      trust_remote_code=trust_remote_code)
-    adapter = ModelAdapter(loaded.model)
+    loaded, adapter = open_for_route(route, model, dtype, device, trust_remote_code)   # weightless for file surgery
     read_metadata(loaded.checkpoint_dir, num_layers=adapter.num_layers)   # a foreign depthprune.json: refuse now
     calibration_ids, spec = _calibration(loaded, data) if reads_data else (None, None)   # read once, used by all
     extra_files = None
@@ -173,6 +197,14 @@ def prune(model: str | LoadedModel, layers: str | list[int] | None = None, outpu
             plan.settings["scores_file"] = str(scores)
         extra_files = {"scores.json": all_scores} if all_scores else None
     if dry_run:
+        return plan
+    if route.kind != "memory":
+        from .filesurgery import write_route
+        from .filesurgery.route import gguf_parent
+
+        route.announce()
+        metadata = pruned_metadata(loaded, plan, parent=gguf_parent(route))
+        write_route(route, loaded, adapter, plan, output, force, metadata, allow, extra_files=extra_files)
         return plan
     compensation = None
     if compensate != "none":

@@ -308,6 +308,31 @@ def _model_card(metadata: dict) -> str:
     return "\n".join(lines)
 
 
+def complete_metadata(metadata: dict | None, num_layers: int) -> dict:
+    """``metadata`` plus what every saved model's ``depthprune.json`` holds: layer count, version, date, requirement."""
+    from . import __version__
+
+    metadata = dict(metadata or {})
+    metadata.setdefault("num_layers", num_layers)
+    metadata["depthprune_version"] = __version__
+    metadata["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    metadata["requires"] = TRANSFORMERS_REQUIREMENT
+    return metadata
+
+
+def write_provenance(folder: Path, metadata: dict, extra_files: dict[str, object] | None = None) -> None:
+    """Write ``depthprune.json``, the model card and ``extra_files`` into a (temporary) output folder."""
+    write_json_atomic(folder / METADATA_FILE, metadata)
+    (folder / "README.md").write_text(_model_card(metadata))
+    for name, content in (extra_files or {}).items():
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            target.write_bytes(content)
+        else:
+            write_json_atomic(target, content)
+
+
 def save(model, tokenizer, out_dir: str | os.PathLike, metadata: dict | None = None, force: bool = False,
          extra_files: dict[str, object] | None = None) -> Path:
     """Save a model as an ordinary Hugging Face checkpoint with its provenance.
@@ -323,26 +348,12 @@ def save(model, tokenizer, out_dir: str | os.PathLike, metadata: dict | None = N
     Returns:
         The output folder.
     """
-    from . import __version__
     from .adapter import ModelAdapter
 
-    adapter = ModelAdapter(model)
-    metadata = dict(metadata or {})
-    metadata.setdefault("num_layers", adapter.num_layers)
-    metadata["depthprune_version"] = __version__
-    metadata["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    metadata["requires"] = TRANSFORMERS_REQUIREMENT
+    metadata = complete_metadata(metadata, ModelAdapter(model).num_layers)
     with atomic_output_dir(out_dir, force=force) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        write_json_atomic(tmp / METADATA_FILE, metadata)
-        (tmp / "README.md").write_text(_model_card(metadata))
-        for name, content in (extra_files or {}).items():
-            target = tmp / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(content, bytes):
-                target.write_bytes(content)
-            else:
-                write_json_atomic(target, content)
+        write_provenance(tmp, metadata, extra_files)
     return Path(out_dir)

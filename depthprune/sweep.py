@@ -187,6 +187,20 @@ def sweep_figure(result: dict):
     return figure
 
 
+# A sweep distils every point from the dense model's top-k logits, computed once and read from the teacher cache
+SWEEP_TEACHER_TOP_K = 64
+
+
+def _sweep_teacher(heal_method: str, loaded) -> dict:
+    """Distillation in a sweep: the dense model in memory is the teacher; its top-k logits over the healing blocks
+    (the same for every point) are cached on the first point and read back by all the others."""
+    from .heal import HEALING_METHODS
+
+    if not HEALING_METHODS.get(heal_method).uses_teacher:
+        return {}
+    return {"teacher": loaded, "top_k": SWEEP_TEACHER_TOP_K}
+
+
 def is_unfinished_sweep(folder) -> bool:
     """Whether ``folder`` holds a sweep that stopped before its last point (a re-run continues it)."""
     return (Path(folder) / PROGRESS_FILE).is_file()
@@ -210,8 +224,9 @@ def sweep_needs(model, methods="angular,bi,last,ppl", eval="wikitext2", data="bu
     if heal_steps:
         purpose = f"--heal-steps with --heal-method {heal_method}"
         needs += [("accelerate", purpose), ("matplotlib", f"{purpose} (the loss curve)")]
-        if heal_method in ("lora", "qlora"):
-            needs.append(("peft", purpose))
+        from .heal import HEALING_METHODS
+
+        needs += [(package, purpose) for package in HEALING_METHODS.get(heal_method).packages]
         needs += data_needs(heal_data or data, "--heal-data")
     if output is not None and plots:
         needs.append(("matplotlib", "sweep's plot (--no-plots skips it)"))
@@ -526,7 +541,7 @@ def _measure_point(loaded, removed: list[int], options: _PointOptions, heal_dir:
                                   description=loaded.description),
                       data=options.heal_data, method=options.heal_method, max_steps=options.heal_steps,
                       seq_len=options.seq_len, seed=options.seed, eval_samples=4, output=heal_dir, force=True,
-                      progress=False)
+                      progress=False, **_sweep_teacher(options.heal_method, loaded))
         pruned = healed.model
         extra["heal_final_loss"] = healed.metadata["healing"].get("final_train_loss")
         shutil.rmtree(heal_dir, ignore_errors=True)

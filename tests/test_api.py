@@ -31,6 +31,8 @@ SAME_CALL = {
               dict(methods="bi", n="1", output="{T}/o")),
     "report": ("depthprune.report.write_report", ["{T}", "--output", "{T}/r.html"], dict(output="{T}/r.html")),
     "run": ("depthprune.recipe.run_recipe", ["{T}/recipe.yaml"], dict()),
+    "export": ("depthprune.filesurgery.export.export_gguf", ["M", "--to-gguf", "{T}/o.gguf"],
+               dict(to_gguf="{T}/o.gguf")),
 }
 
 

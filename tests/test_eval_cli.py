@@ -58,14 +58,31 @@ def test_eval_writes_results_and_refuses_existing_output(checkpoint, data_dir, t
     assert json.loads((out / "results.json").read_text()) == results
 
 
-def test_eval_missing_data_is_one_clear_line(checkpoint, tmp_path, capsys):
+def test_eval_missing_data_is_one_clear_line(checkpoint, tmp_path, capsys, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the data was read")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
     code = main(["eval", str(checkpoint), "--tasks", "arc_challenge", "--data-dir", str(tmp_path),
                  "--output", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("depthprune: error:")  # before any load
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("depthprune: error:")
     assert str(tmp_path / "arc_challenge") in err and not (tmp_path / "out").exists()
+    # Without --data-dir lm-eval downloads; offline that fails, in one line that names the fix.
+    import socket
+
+    def offline(*args, **kwargs):
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", offline)
+    monkeypatch.setattr(socket, "create_connection", offline)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["eval", str(checkpoint), "--tasks", "piqa", "--output", str(tmp_path / "o2")]) == 2
-    assert "--data-dir" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "piqa: lm-eval could not load its data" in err and "--data-dir" in err
 
 
 def test_speed_compare_reports_ratios_and_ideals():

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from depthprune import DepthpruneError, remove_layers, save
-from depthprune.heal import (DEFAULT_PRESETS, PRESETS, HealConfig, LossDiverged, apply_lora, build_config,
-                             kd_loss, resolve_targets, train)
+from depthprune.heal import (HealConfig, LossDiverged, apply_lora, build_config, default_presets, kd_loss, presets,
+                             resolve_targets, train)
 from depthprune.heal.trainer import data_order, make_accelerator
 from tiny_models import REQUIRED_ARCHITECTURES, VOCAB, tiny_model
 
@@ -56,13 +56,13 @@ def save_tiny_checkpoint(folder, tokenizer, removed=(1,), num_layers=4, seed=0):
 
 # ------------------------------------------------------------------------------------------------ configuration
 def test_every_preset_builds_a_valid_config_of_its_method():
-    for name, preset in PRESETS.items():
+    for name, preset in presets().items():
         built = build_config(preset=name, max_steps=1)
         assert built.preset == name and built.method == preset.settings["method"]
     gromov = build_config(preset="gromov-lora", max_steps=1)
     assert (gromov.targets, gromov.lora_alpha, gromov.dropout, gromov.warmup_steps) == ("mlp", gromov.rank, 0.05, 100)
     cpt = build_config(method="full", max_steps=1)     # a method's default recipe is its paper's preset
-    assert (cpt.preset, cpt.betas, cpt.weight_decay) == (DEFAULT_PRESETS["full"], (0.9, 0.95), 0.1)
+    assert (cpt.preset, cpt.betas, cpt.weight_decay) == (default_presets()["full"], (0.9, 0.95), 0.1)
     assert build_config(preset="shortened-lora", max_steps=1).lora_alpha == 16.0
 
 

@@ -22,7 +22,7 @@ def test_lora_healing_lowers_held_out_perplexity_of_pruned_smollm2(tmp_path):
     import depthprune
     from depthprune.data import DataSpec
     from depthprune.heal import heal
-    from depthprune.heal.api import healing_blocks
+    from depthprune.heal.healing import healing_blocks
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)      # on a shared 2-core machine one thread is much faster than two

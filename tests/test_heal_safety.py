@@ -98,7 +98,7 @@ def test_the_default_checkpoint_dir_goes_once_the_model_is_saved_but_a_user_file
 # ------------------------------------------------------------------------------------ 2. optional packages first
 def test_missing_matplotlib_stops_heal_before_loading_and_writes_nothing(checkpoints, tmp_path, monkeypatch, capsys):
     import depthprune.extras
-    import depthprune.heal.api
+    import depthprune.heal.healing
 
     _, pruned_dir = checkpoints
     real = depthprune.extras.is_available
@@ -108,7 +108,7 @@ def test_missing_matplotlib_stops_heal_before_loading_and_writes_nothing(checkpo
         raise AssertionError("the model was loaded before the missing package was reported")
 
     with monkeypatch.context() as patch:
-        patch.setattr(depthprune.heal.api, "load_model", no_loading)
+        patch.setattr(depthprune.heal.healing, "load_model", no_loading)
         out = tmp_path / "healed"
         assert main(["heal", str(pruned_dir), *CLI_SETTINGS, "--output", str(out)]) == 2
         line = one_error_line(capsys.readouterr().err)
@@ -131,14 +131,14 @@ def test_missing_peft_is_reported_before_loading(checkpoints, tmp_path, monkeypa
 
 
 def test_the_model_is_saved_before_the_plot_is_drawn(checkpoints, tmp_path, monkeypatch, caplog):
-    import depthprune.heal.api
+    import depthprune.heal.healing
 
     _, pruned_dir = checkpoints
 
     def broken_plot(*args, **kwargs):
         raise RuntimeError("no display backend")
 
-    monkeypatch.setattr(depthprune.heal.api, "curve_png", broken_plot)
+    monkeypatch.setattr(depthprune.heal.healing, "curve_png", broken_plot)
     out = tmp_path / "healed"
     heal(str(pruned_dir), output=out, progress=False, **SETTINGS)
     assert (out / "model.safetensors").is_file() and (out / "depthprune.json").is_file()
@@ -414,11 +414,11 @@ def test_qlora_reads_the_weights_once_in_4_bits_and_merges_into_one_full_precisi
     import transformers
 
     import depthprune.extras
-    import depthprune.heal.api
-    import depthprune.heal.lora
+    import depthprune.heal.healing
+    import depthprune.heal.qlora
 
     _, pruned_dir = checkpoints
-    monkeypatch.setattr(depthprune.heal.lora, "qlora_available", lambda: None)
+    monkeypatch.setattr(depthprune.heal.qlora, "qlora_available", lambda: None)
     real_available = depthprune.extras.is_available
     monkeypatch.setattr(depthprune.extras, "is_available",
                         lambda module: module == "bitsandbytes" or real_available(module))
@@ -447,10 +447,10 @@ def test_qlora_reads_the_weights_once_in_4_bits_and_merges_into_one_full_precisi
 
 # ------------------------------------------------------------------------------------ 8. --data self
 def test_heal_refuses_data_self_in_one_line_before_any_work(checkpoints, tmp_path, monkeypatch, capsys):
-    import depthprune.heal.api
+    import depthprune.heal.healing
 
     _, pruned_dir = checkpoints
-    monkeypatch.setattr(depthprune.heal.api, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(depthprune.heal.healing, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     assert main(["heal", str(pruned_dir), "--data", "self", "--max-steps", "1", "--output",
                  str(tmp_path / "healed")]) == 2
     line = one_error_line(capsys.readouterr().err)

@@ -64,8 +64,8 @@ CASES = {
                       ["pyarrow"], "--data x.parquet needs pyarrow: pip install 'depthprune[data]'"),
     "collapse plot": (["collapse", "{ckpt}", "--output", "{out}"], ["matplotlib"],
                       "collapse's similarity plot (--no-plots skips it) needs matplotlib"),
-    "eval lm-eval": (["eval", "{ckpt}", "--tasks", "piqa", "--backend", "lm-eval", "--output", "{out}"],
-                     ["lm_eval"], "--backend lm-eval needs lm-eval: pip install 'depthprune[eval]'"),
+    "eval lm-eval": (["eval", "{ckpt}", "--tasks", "piqa", "--output", "{out}"],
+                     ["lm_eval"], "--tasks needs lm-eval: pip install 'depthprune[eval]'"),
     "eval online ppl": (["eval", "{ckpt}", "--ppl", "wikitext2", "--output", "{out}"], ["datasets"],
                         "--ppl wikitext2 without --data-dir needs datasets"),
     "sweep plot": (["sweep", "{ckpt}", "--methods", "bi", "--n", "0:1", "--data-dir", "{data}", "--output", "{out}"],
@@ -99,12 +99,12 @@ def test_a_recipe_checks_every_step_before_step_one(checkpoint, tmp_path, monkey
     recipe.write_text(yaml.safe_dump({"model": str(checkpoint), "output": str(tmp_path / "run"), "steps": [
         {"score": {"data": "builtin", "samples": 2, "seq_len": 16, "metrics": "bi", "no_plots": True}},
         {"prune": {"layers": "1"}},
-        {"eval": {"tasks": "piqa", "backend": "lm-eval"}},
+        {"eval": {"tasks": "piqa"}},
         {"collapse": {}}]}))
     missing(monkeypatch, "lm_eval", "matplotlib")
     assert main(["run", str(recipe)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["depthprune: error: recipe step 3 (eval): --backend lm-eval needs lm-eval; recipe step 4 "
+    assert err == ["depthprune: error: recipe step 3 (eval): --tasks needs lm-eval; recipe step 4 "
                    "(collapse): collapse's similarity plot (--no-plots skips it) needs matplotlib: "
                    "pip install 'depthprune[eval,report]'"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"]       # no run folder

@@ -41,6 +41,7 @@ WORK = {
     "sweep": ("depthprune.sweep.sweep", ["--methods", "last", "--n", "1", "--output", "{T}/out"]),
     "report": ("depthprune.report.write_report", ["--output", "{T}/report.html"]),
     "run": ("depthprune.recipe.run_recipe", []),
+    "export": ("depthprune.filesurgery.export.export_gguf", ["--to-gguf", "{T}/out.gguf"]),
 }
 
 

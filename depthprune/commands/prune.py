@@ -39,6 +39,12 @@ def options() -> list:
         Option("allow_first_layer", bool, False, help="permit removing layer 0"),
         Option("allow_single_layer", bool, False, help="permit a plan that leaves one layer"),
         Option("dry_run", bool, False, help="print the plan and write nothing"),
+        Option("format", choices=("safetensors", "gguf"),
+               help="safetensors (a checkpoint folder) or gguf (one file, made from a GGUF source with its "
+                    "quantisation kept); default: gguf when --output ends in .gguf"),
+        Option("surgery", default="auto", choices=("auto", "file", "memory"),
+               help="auto: copy the kept tensors at the file level when the layers are known without the weights "
+                    "and the source allows it (it says so); file: insist; memory: load the model"),
         *compensation_options(),
         *output_options(required=False),
     ]
@@ -147,8 +153,8 @@ def call(args):
                  allow_single_layer=args.allow_single_layer, dtype=args.dtype, device=args.device,
                  trust_remote_code=args.trust_remote_code, method=args.method, n=args.n, ratio=args.ratio,
                  data=data, scores=args.scores, keep_edges=args.keep_edges, batch_size=args.batch_size,
-                 compensate=args.compensate, max_ppl_ratio=args.max_ppl_ratio, target_params=args.target_params,
-                 **criterion_option_values(args))
+                 format=args.format, surgery=args.surgery, compensate=args.compensate,
+                 max_ppl_ratio=args.max_ppl_ratio, target_params=args.target_params, **criterion_option_values(args))
 
 
 def run(args) -> int:

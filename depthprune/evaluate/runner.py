@@ -1,4 +1,4 @@
-"""Run perplexity, multiple-choice tasks and speed on one model and write ``results.json`` plus a markdown table."""
+"""Run perplexity, lm-eval tasks and speed on one model and write ``results.json`` plus a markdown table."""
 
 from __future__ import annotations
 
@@ -10,9 +10,6 @@ from pathlib import Path
 from ..errors import DepthpruneError
 
 logger = logging.getLogger(__name__)
-
-BACKENDS = ("local", "lm-eval")
-
 
 def _split_names(value) -> list[str]:
     if value is None:
@@ -40,82 +37,40 @@ def _loaded(model, dtype, device, trust_remote_code):
     return load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
 
 
-def _run_lm_eval(lm, tasks: list[str], num_fewshot, limit, task_manager=None) -> tuple[dict, str]:
-    """Let lm-evaluation-harness itself run ``tasks`` on our wrapper (needs its datasets reachable).
-
-    Without ``num_fewshot`` each task gets our default (MMLU 5-shot as the papers; lm-eval's own MMLU default is 0),
-    so tasks are run in groups of equal shot count.
-    """
-    try:
-        import lm_eval
-    except ImportError:
-        raise DepthpruneError("--backend lm-eval needs lm-evaluation-harness: pip install 'depthprune[eval]'") \
-            from None
-    from .tasks import TASKS
-
-    by_shots: dict[int, list[str]] = {}
-    for task in tasks:
-        shots = num_fewshot if num_fewshot is not None else (TASKS[task].default_fewshot if task in TASKS else 0)
-        by_shots.setdefault(shots, []).append(task)
-    results = {}
-    for shots, names in by_shots.items():
-        try:
-            output = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=shots, limit=limit,
-                                             bootstrap_iters=0, log_samples=False, task_manager=task_manager)
-        except Exception as error:  # dataset downloads and task lookup fail in many ways; all need the same advice
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise DepthpruneError(f"lm-eval failed ({first}); offline? use --backend local with --data-dir") \
-                from None
-        # Groups (mmlu) report their aggregate under "groups"; plain tasks under "results".
-        reported = {**output.get("results", {}), **output.get("groups", {})}
-        for task in names:
-            metrics = reported.get(task, {})
-            entry = {name: value for key, value in metrics.items()
-                     for name, _, filter_name in [key.partition(",")]
-                     if filter_name == "none" and name in ("acc", "acc_norm")}
-            if not entry:
-                raise DepthpruneError(f"lm-eval returned no acc for {task!r}; check the task name")
-            entry["n"] = output.get("n-samples", {}).get(task, {}).get("effective")
-            entry["num_fewshot"] = shots
-            entry["backend"] = "lm-eval"
-            results[task] = entry
-    return results, getattr(lm_eval, "__version__", "unknown")
-
-
-def eval_needs(model, ppl=None, tasks=None, data_dir=None, backend: str = "local",
-               compare=None) -> list[tuple[str, str]]:
+def eval_needs(model, ppl=None, tasks=None, data_dir=None, compare=None) -> list[tuple[str, str]]:
     """The optional packages ``evaluate`` will need, as ``(module, purpose)`` pairs."""
     from ..extras import model_needs
 
     needs = model_needs(model) + model_needs(compare)
     if data_dir is None:
         needs += [("datasets", f"--ppl {name} without --data-dir") for name in _split_names(ppl)]
-    if backend == "lm-eval" and _split_names(tasks):
-        needs.append(("lm_eval", "--backend lm-eval"))
+    if _split_names(tasks):
+        needs.append(("lm_eval", "--tasks"))
     return needs
 
 
 def evaluate(model, ppl=None, seq_len=2048, tasks=None, num_fewshot: int | None = None, limit: int | None = None,
              speed: bool = False, compare=None, data_dir=None, batch_size: int = 16, ppl_batch_size: int = 1,
-             ppl_max_windows: int | None = None, backend: str = "local", speed_batch_sizes=(1, 4),
+             ppl_max_windows: int | None = None, speed_batch_sizes=(1, 4),
              speed_prompt_len: int = 128, speed_new_tokens: int = 32, speed_repeats: int = 5, dtype="auto",
-             device="cpu", trust_remote_code: bool = False) -> dict:
+             device="cpu", trust_remote_code: bool = False, speed_backend: str = "torch") -> dict:
     """Evaluate one model; the Python form of ``depthprune eval``.
 
     Args:
         model: a :class:`LoadedModel` or anything :func:`depthprune.load_model` accepts.
         ppl: perplexity sources (``wikitext2``, ``ptb``, ``c4``), a list or a comma-separated string.
         seq_len: window length(s) for perplexity, e.g. ``2048`` or ``"128,2048"``.
-        tasks: multiple-choice tasks (``boolq``, ``piqa``, ``hellaswag``, ``winogrande``, ``arc_easy``,
-            ``arc_challenge``, ``openbookqa``, ``mmlu``).
-        num_fewshot: examples per prompt; default each task's own (MMLU 5, the rest 0).
-        limit: only the first N items of each task (per subject for MMLU).
+        tasks: lm-eval tasks, groups or tags by name, scored by lm-eval itself (``boolq``, ``piqa``, ``hellaswag``,
+            ``winogrande``, ``arc_easy``, ``arc_challenge``, ``openbookqa``, ``mmlu``, or any other).
+        num_fewshot: examples per prompt; default each task's own (MMLU 5 as the papers, the rest lm-eval's).
+        limit: only the first N items of each task (per subject for MMLU), as lm-eval's ``--limit``.
         speed: time prefill and decode.
         compare: a base model (spec or LoadedModel) timed in the same process; implies ``speed``.
-        data_dir: folder of offline data, one sub-folder per task/source in the original formats.
+        data_dir: folder of offline data, one sub-folder per task/source in the original formats; tasks whose
+            dataset is not there are loaded by lm-eval (Hugging Face cache or hub).
         batch_size: sequences per forward pass for task scoring.
         ppl_max_windows: score only the first N perplexity windows.
-        backend: ``local`` (our offline evaluator) or ``lm-eval`` (the harness itself, on the same wrapper).
+        speed_backend: ``torch`` (the loaded model) or ``llamacpp`` (the GGUF files themselves, in llama.cpp).
 
     Returns:
         ``{"model", "perplexity": {name: {"ppl", "seq_len", "tokens", ...} or {seq_len: {...}}}, "tasks": {name:
@@ -124,33 +79,30 @@ def evaluate(model, ppl=None, seq_len=2048, tasks=None, num_fewshot: int | None 
     from .. import __version__
     from ..metadata import EVALUATED_KEY, evaluated_model
     from ..loading import require_tokenizer
-    from .lm_wrapper import DepthpruneLM
-    from .multiple_choice import evaluate_task
     from .perplexity import C4_WINDOWS, load_ppl_text, source_label, token_perplexity
-    from .tasks import get_task, load_task_docs
-
-    if backend not in BACKENDS:
-        raise DepthpruneError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     from ..extras import require_all
 
-    require_all(eval_needs(model, ppl, tasks, data_dir, backend, compare))   # before reading or loading anything
+    require_all(eval_needs(model, ppl, tasks, data_dir, compare))   # before reading or loading anything
+    if speed_backend == "llamacpp":
+        from .speed_llamacpp import check_llamacpp_speed
+
+        check_llamacpp_speed(model, compare)   # llama-cpp-python there, both models GGUF files: before the load
     ppl_names, task_names = _split_names(ppl), _split_names(tasks)
-    task_configs = [get_task(name) for name in task_names]
     lengths = _seq_lens(seq_len)
-    if task_configs and backend == "local" and data_dir is None:
-        raise DepthpruneError("tasks are read from --data-dir (one folder per task, original formats, e.g. "
-                              "../shared/data); pass it, or use --backend lm-eval when online")
-    if not (ppl_names or task_configs or speed or compare):
+    if not (ppl_names or task_names or speed or compare):
         raise DepthpruneError("nothing to evaluate: pass --ppl, --tasks and/or --speed")
     # Read every data file before loading the model: a missing file fails in a second, not after the load.
     ppl_texts = {name: load_ppl_text(name, data_dir) for name in ppl_names}
-    task_docs = {task.name: load_task_docs(task, data_dir) for task in task_configs} if backend == "local" else {}
+    if task_names:
+        from .harness import build_tasks
+
+        lm_eval_tasks = build_tasks(task_names, data_dir, num_fewshot)
 
     loaded = _loaded(model, dtype, device, trust_remote_code)
     results: dict = {"model": loaded.description, "depthprune_version": __version__,
                      "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                      EVALUATED_KEY: evaluated_model(loaded)}
-    settings = {"backend": backend, "data_dir": str(data_dir) if data_dir is not None else None,
+    settings = {"data_dir": str(data_dir) if data_dir is not None else None,
                 "num_fewshot": num_fewshot, "limit": limit, "batch_size": batch_size,
                 "dtype": str(next(loaded.model.parameters()).dtype).replace("torch.", "")}   # what auto resolved to
 
@@ -173,17 +125,18 @@ def evaluate(model, ppl=None, seq_len=2048, tasks=None, num_fewshot: int | None 
                 {str(length): value for length, value in per_length.items()}
         settings["ppl_max_windows"] = ppl_max_windows
 
-    if task_configs:
-        lm = DepthpruneLM(loaded.model, require_tokenizer(loaded), batch_size=batch_size)
-        if backend == "lm-eval":
-            results["tasks"], version = _run_lm_eval(lm, task_names, num_fewshot, limit)
-            settings["lm_eval_version"] = version
-        else:
-            results["tasks"] = {task.name: evaluate_task(lm, task, data_dir, num_fewshot=num_fewshot, limit=limit,
-                                                         docs=task_docs[task.name])
-                                for task in task_configs}
+    if task_names:
+        from .harness import run_tasks
 
-    if speed or compare:
+        results["tasks"], settings["lm_eval_version"] = run_tasks(loaded.model, require_tokenizer(loaded),
+                                                                  lm_eval_tasks, limit=limit, batch_size=batch_size)
+
+    if (speed or compare) and speed_backend == "llamacpp":
+        from .speed_llamacpp import compare_speed_llamacpp
+
+        results["speed"] = compare_speed_llamacpp(model, compare, prompt_len=speed_prompt_len,
+                                                  new_tokens=speed_new_tokens, repeats=speed_repeats)
+    elif speed or compare:
         from .speed import compare_speed
 
         base = _loaded(compare, dtype, device, trust_remote_code) if compare is not None else None

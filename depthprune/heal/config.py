@@ -1,4 +1,5 @@
-"""What a healing run does: one config dataclass, and presets named after the papers they come from.
+"""What a healing run does: one config dataclass; presets (named after the papers they come from) belong to the
+healing methods' registry entries (:mod:`depthprune.heal.methods`).
 
 A preset is a partial :class:`HealConfig`; options given on the command line or in Python override it.
 """
@@ -8,12 +9,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import DepthpruneError
+from .methods import HEALING_METHODS, Preset, all_presets
 
-METHOD_NAMES = ("lora", "qlora", "full", "distill")
 TARGET_NAMES = ("mlp", "attn", "all")
+TRAIN_LAYER_CHOICES = ("all", "touched")
+SCHEDULES = ("cosine", "constant")
 
 
 @dataclass
@@ -24,7 +27,7 @@ class HealConfig:
     dropout 0.05, cosine schedule with 100 warm-up steps, lr 3e-4.
     """
 
-    method: str = "lora"                # lora | qlora | full | distill
+    method: str = "lora"                # a registered healing method: lora | qlora | full | distill
     # LoRA / QLoRA
     rank: int = 8
     alpha: float | None = None          # None: alpha = rank (Gromov)
@@ -47,6 +50,9 @@ class HealConfig:
     # distillation (Minitron, arXiv 2408.11796)
     temperature: float = 1.0
     lm_loss_weight: float = 0.0         # loss = (1 - w) * KL(teacher || student) + w * LM loss
+    top_k: int = 0                      # 0: KL over the whole vocabulary; K: over the teacher's top K, renormalised
+    # what trains: every decoder layer, or only the kept layers next to each gap the pruning left
+    train_layers: str = "all"           # all | touched
     # bookkeeping
     eval_every: int = 50
     eval_samples: int = 16              # held-out blocks
@@ -65,12 +71,12 @@ class HealConfig:
 
     def validate(self) -> None:
         """Raise :class:`DepthpruneError` naming the first bad setting and its fix."""
-        if self.method not in METHOD_NAMES:
-            raise DepthpruneError(unknown_name_message("method", self.method, METHOD_NAMES))
-        if self.targets not in TARGET_NAMES:
-            raise DepthpruneError(unknown_name_message("--targets", self.targets, TARGET_NAMES))
-        if self.schedule not in ("cosine", "constant"):
-            raise DepthpruneError(f"unknown schedule {self.schedule!r}; use cosine or constant")
+        HEALING_METHODS.get(self.method)          # an unknown method names the registered ones
+        for option, value, valid in (("--targets", self.targets, TARGET_NAMES),
+                                     ("--train-layers", self.train_layers, TRAIN_LAYER_CHOICES),
+                                     ("--schedule", self.schedule, SCHEDULES)):
+            if value not in valid:
+                raise DepthpruneError(unknown_name_message(option, value, valid))
         positive = {"rank": self.rank, "lr": self.lr, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
                     "eval_every": self.eval_every, "save_every": self.save_every, "temperature": self.temperature,
                     "max_loss_ratio": self.max_loss_ratio}
@@ -83,16 +89,27 @@ class HealConfig:
             raise DepthpruneError(f"--dropout must be in [0, 1) (got {self.dropout})")
         if not 0.0 <= self.lm_loss_weight <= 1.0:
             raise DepthpruneError(f"--lm-loss-weight must be in [0, 1] (got {self.lm_loss_weight})")
-        if self.warmup_steps < 0 or self.eval_samples < 0 or self.max_grad_norm < 0:
-            raise DepthpruneError("--warmup-steps, --eval-samples and --max-grad-norm must not be negative")
+        if self.warmup_steps < 0 or self.eval_samples < 0 or self.max_grad_norm < 0 or self.top_k < 0:
+            raise DepthpruneError("--warmup-steps, --eval-samples, --max-grad-norm and --top-k must not be negative")
         if self.max_steps is not None and self.tokens is not None:
             raise DepthpruneError("give either --max-steps or --train-tokens, not both")
         if self.max_steps is not None and self.max_steps < 1:
             raise DepthpruneError(f"--max-steps must be at least 1 (got {self.max_steps})")
         if self.tokens is not None and self.tokens < 1:
             raise DepthpruneError(f"--train-tokens must be at least 1 (got {self.tokens})")
-        if self.method != "distill" and self.lm_loss_weight != 0.0:
-            raise DepthpruneError("--lm-loss-weight applies to --method distill only; drop it")
+        self._refuse_other_methods_settings()
+
+    def _refuse_other_methods_settings(self) -> None:
+        """A setting that only other methods read, set away from its default, would be ignored: refuse it."""
+        defaults = {f.name: f.default for f in dataclasses.fields(HealConfig)}
+        own = set(HEALING_METHODS.get(self.method).settings)
+        for method in HEALING_METHODS:
+            for name in method.settings:
+                if name in own or getattr(self, name) == defaults[name]:
+                    continue
+                readers = [m.name for m in HEALING_METHODS if name in m.settings]
+                raise DepthpruneError(f"--{name.replace('_', '-')} applies to --method {', '.join(readers)} only; "
+                                      "drop it")
 
     def tokens_per_step(self, num_processes: int = 1) -> int:
         return self.batch_size * self.grad_accum * self.seq_len * num_processes
@@ -112,39 +129,14 @@ class HealConfig:
         return data
 
 
-@dataclass(frozen=True)
-class Preset:
-    """A named recipe: the paper it comes from and the settings it fixes."""
-
-    name: str
-    paper: str
-    settings: dict = field(default_factory=dict)
-    note: str = ""
+def presets() -> dict[str, Preset]:
+    """Every preset of every registered healing method, by name."""
+    return all_presets()
 
 
-_GROMOV = dict(rank=8, alpha=None, dropout=0.05, targets="mlp", warmup_steps=100, schedule="cosine", lr=3e-4)
-_CPT = dict(method="full", lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, schedule="cosine", warmup_steps=100)
-
-PRESETS: dict[str, Preset] = {p.name: p for p in [
-    Preset("gromov-lora", "Gromov et al. 2024, The Unreasonable Ineffectiveness of the Deeper Layers (2403.17887)",
-           dict(_GROMOV, method="lora"), "the paper sweeps r from 2 to 64; alpha = r; lr 3e-4 was for 7B-class"),
-    Preset("gromov-qlora", "Gromov et al. 2024 (2403.17887): the paper's QLoRA healing",
-           dict(_GROMOV, method="qlora"), "4-bit NF4 base via bitsandbytes; CUDA only"),
-    Preset("shortened-lora", "Kim et al. 2024, Shortened LLaMA (2402.02834): LoRA retraining",
-           dict(method="lora", rank=8, alpha=16, dropout=0.05, targets="all", lr=1e-4, schedule="cosine",
-                warmup_steps=100)),
-    Preset("shortened-cpt", "Kim et al. 2024, Shortened LLaMA (2402.02834): continued pretraining",
-           dict(_CPT)),
-    Preset("layerchop-cpt", "Chen et al. 2023, LayerChop (2305.14864): continued pretraining after the chop",
-           dict(_CPT), "the paper does not pin its optimiser; we use the Shortened LLaMA CPT settings"),
-    Preset("minitron-kd", "Muralidharan et al. 2024, Minitron (2407.14679) / Sreenivas et al. (2408.11796): "
-           "logit distillation from the unpruned teacher",
-           dict(method="distill", temperature=1.0, lm_loss_weight=0.0, lr=1e-4, betas=(0.9, 0.95),
-                weight_decay=0.1, schedule="cosine", warmup_steps=100)),
-]}
-
-# The recipe a method follows when no preset is named.
-DEFAULT_PRESETS = {"lora": "gromov-lora", "qlora": "gromov-qlora", "full": "shortened-cpt", "distill": "minitron-kd"}
+def default_presets() -> dict[str, str]:
+    """The recipe each method follows when no preset is named: its paper's."""
+    return {method.name: method.default_preset for method in HEALING_METHODS}
 
 
 def unknown_name_message(kind: str, name: str, valid) -> str:
@@ -155,10 +147,11 @@ def unknown_name_message(kind: str, name: str, valid) -> str:
 
 
 def get_preset(name: str) -> Preset:
+    known = presets()
     try:
-        return PRESETS[name]
+        return known[name]
     except KeyError:
-        raise DepthpruneError(unknown_name_message("preset", name, PRESETS)) from None
+        raise DepthpruneError(unknown_name_message("preset", name, known)) from None
 
 
 def build_config(preset: str | None = None, config_file: str | None = None, **overrides) -> HealConfig:
@@ -173,7 +166,7 @@ def build_config(preset: str | None = None, config_file: str | None = None, **ov
     preset = overrides.pop("preset", None) or preset or settings.pop("preset", None)
     if preset is None:   # each method's defaults are its paper's recipe
         method = overrides.get("method") or settings.get("method") or "lora"
-        preset = DEFAULT_PRESETS.get(method)
+        preset = default_presets().get(method)
     merged: dict = {}
     if preset is not None:
         merged.update(get_preset(preset).settings)

@@ -1,7 +1,11 @@
 """Logit distillation from the unpruned model (Minitron, arXiv 2407.14679 / 2408.11796).
 
 loss = (1 - w) * tau^2 * KL(p_teacher || p_student) + w * LM loss, with both distributions softened at
-temperature tau; the teacher runs on the fly in the same process (its weights cost one more model in memory).
+temperature tau. With ``top_k`` 0 the KL covers the whole vocabulary and the teacher runs on the fly in the same
+process (its weights cost one more model in memory). With ``top_k`` K the KL covers the teacher's K most likely
+next tokens, both distributions renormalised over them (as LinearPatch, arXiv 2505.24680, and Minitron's top-K
+logit variant do), and the teacher's top-K logits are computed once and read back from a disk cache
+(:mod:`depthprune.heal.teacher_cache`): the teacher is not in memory while the student trains.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import torch.nn.functional as F
 from ..errors import DepthpruneError
 from ..loading import MODEL_ALIASES, LoadedModel, load_model
 from ..saving import read_metadata
+from .full import make_trainable
+from .methods import HealingMethod, Preset, register
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +40,32 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return per_position.mean() * temperature ** 2
 
 
-def teacher_source(loaded: LoadedModel, teacher: str | None) -> str:
-    """The teacher to load: ``teacher`` if given, else the base model named in the checkpoint's depthprune.json."""
+def topk_kd_loss(student_logits: torch.Tensor, teacher_values: torch.Tensor, teacher_indices: torch.Tensor,
+                 temperature: float = 1.0) -> torch.Tensor:
+    """Mean over positions of ``tau^2 * KL(p || q)`` where p and q are the teacher's and the student's next-token
+    distributions restricted to the teacher's top-k tokens and renormalised there, in float32.
+
+    Args:
+        student_logits: ``(batch, seq, vocab)``.
+        teacher_values: the teacher's top-k logits ``(batch, seq, k)`` (any float dtype; fp16 from the cache).
+        teacher_indices: their token ids ``(batch, seq, k)``.
+    """
+    if student_logits.shape[:2] != teacher_values.shape[:2] or teacher_values.shape != teacher_indices.shape:
+        raise DepthpruneError(f"teacher top-k logits {tuple(teacher_values.shape)} do not fit the student's "
+                              f"{tuple(student_logits.shape)}; the teacher must share the student's tokenizer")
+    # gather picks k logits per position: the student's full-vocabulary softmax is never formed
+    student_topk = student_logits.gather(-1, teacher_indices.long()).float()             # (batch, seq, k)
+    log_q = F.log_softmax(student_topk / temperature, dim=-1)
+    log_p = F.log_softmax(teacher_values.float() / temperature, dim=-1)
+    per_position = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1)    # (batch, seq)
+    return per_position.mean() * temperature ** 2
+
+
+def teacher_source(loaded: LoadedModel, teacher: "str | LoadedModel | None") -> "str | LoadedModel":
+    """The teacher to load: ``teacher`` if given (a LoadedModel is used as it is), else the base model named in the
+    checkpoint's depthprune.json."""
+    if isinstance(teacher, LoadedModel):
+        return teacher
     if teacher:
         return str(teacher)
     metadata = read_metadata(loaded.checkpoint_dir) or {}
@@ -51,10 +81,16 @@ def teacher_source(loaded: LoadedModel, teacher: str | None) -> str:
     return base
 
 
-def load_teacher(source: str, student_vocab: int, dtype="float32", trust_remote_code: bool = False) -> LoadedModel:
+def teacher_name(source: "str | LoadedModel") -> str:
+    return source.description if isinstance(source, LoadedModel) else str(source)
+
+
+def load_teacher(source: "str | LoadedModel", student_vocab: int, dtype="float32",
+                 trust_remote_code: bool = False) -> LoadedModel:
     """Load the teacher frozen in eval mode (on CPU; the trainer moves it) and check it speaks the same vocabulary."""
     try:
-        teacher = load_model(source, dtype=dtype, trust_remote_code=trust_remote_code)
+        teacher = source if isinstance(source, LoadedModel) else load_model(source, dtype=dtype,
+                                                                            trust_remote_code=trust_remote_code)
     except DepthpruneError as error:
         raise DepthpruneError(f"cannot load the teacher: {error}; pass --teacher with the unpruned model") from None
     vocab = teacher.model.get_output_embeddings().weight.shape[0]
@@ -70,3 +106,13 @@ def load_teacher(source: str, student_vocab: int, dtype="float32", trust_remote_
 
 def parameter_bytes(model: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+DISTILL = register(HealingMethod(
+    name="distill", help="every weight, against the unpruned teacher's next-token distribution (--top-k K: its "
+                         "cached top K)",
+    presets=(Preset("minitron-kd", "Muralidharan et al. 2024, Minitron (2407.14679) / Sreenivas et al. (2408.11796): "
+                    "logit distillation from the unpruned teacher",
+                    dict(method="distill", temperature=1.0, lm_loss_weight=0.0, lr=1e-4, betas=(0.9, 0.95),
+                         weight_decay=0.1, schedule="cosine", warmup_steps=100)),),
+    make_student=make_trainable, settings=("temperature", "lm_loss_weight", "top_k"), uses_teacher=True))

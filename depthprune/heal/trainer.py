@@ -19,6 +19,7 @@ import re
 import shutil
 import statistics
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -29,8 +30,9 @@ from torch import nn
 
 from ..errors import DepthpruneError
 from .config import HealConfig
-from .distill import kd_loss
+from .distill import kd_loss, topk_kd_loss
 from .full import build_optimizer, build_scheduler, effective_warmup
+from .teacher_cache import TeacherCache
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ _PARTIAL_CHECKPOINT_NAME = re.compile(r"\.step-\d{8}\.tmp")
 # run is to lower it and resume), and so may eval_every, save_every, max_grad_norm and max_loss_ratio.
 RESUME_KEYS = ("method", "rank", "alpha", "dropout", "targets", "betas", "weight_decay", "batch_size", "grad_accum",
                "seq_len", "seed", "schedule", "warmup_steps", "max_steps", "tokens", "eval_samples", "temperature",
-               "lm_loss_weight")
+               "lm_loss_weight", "top_k", "train_layers")
 # Loss history the divergence check compares a step with (a running median, robust to single noisy batches).
 DIVERGENCE_WINDOW = 32
 DIVERGENCE_MIN_HISTORY = 3
@@ -98,7 +100,8 @@ class TrainResult:
 
 
 class _OrderedBlocks(torch.utils.data.Dataset):
-    """Token blocks in a fixed order (indices into ``blocks``)."""
+    """Token blocks in a fixed order (indices into ``blocks``); each item says which block it is, so that a cached
+    teacher's logits for that block can be looked up."""
 
     def __init__(self, blocks: torch.Tensor, order: torch.Tensor):
         self.blocks, self.order = blocks, order
@@ -106,8 +109,9 @@ class _OrderedBlocks(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.order)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.blocks[self.order[index]]
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        block = self.order[index]
+        return {"input_ids": self.blocks[block], "block_index": block}
 
 
 def data_order(num_blocks: int, count: int, seed: int) -> torch.Tensor:
@@ -184,6 +188,8 @@ def make_accelerator(config: HealConfig, cpu: bool = False, mixed_precision: str
     extra = {}
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
         extra["deepspeed_plugin"] = deepspeed_plugin(config)
+    if mixed_precision == "auto":
+        mixed_precision = auto_mixed_precision(cpu)
     accelerator = Accelerator(gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=config.grad_accum),
                               cpu=cpu, mixed_precision=mixed_precision, **extra)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
@@ -195,31 +201,66 @@ def make_accelerator(config: HealConfig, cpu: bool = False, mixed_precision: str
     return accelerator
 
 
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo's flags)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def auto_mixed_precision(cpu: bool = False) -> str:
+    """``--mixed-precision auto``: bf16 autocast where the hardware has bf16 arithmetic (a CUDA GPU that supports
+    it, or a CPU with AVX512-BF16/AMX), else none. The master weights stay in their own dtype (float32)."""
+    if torch.cuda.is_available() and not cpu:
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if cpu_has_bf16() else "no"
+
+
+IGNORE_INDEX = -100     # transformers' label for "no target here"
+
+
 def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy averaged over positions. logits ``(batch, seq, vocab)``, input_ids ``(batch, seq)``."""
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten())
+    """Next-token cross-entropy averaged over positions. logits ``(batch, seq, vocab)``, input_ids ``(batch, seq)``.
+
+    As transformers' own causal-LM loss: the labels are shifted (the last position predicts nothing), not the
+    logits, so the logits are never copied (a slice ``logits[:, :-1]`` would copy batch x seq x vocab floats).
+    """
+    labels = F.pad(input_ids[:, 1:], (0, 1), value=IGNORE_INDEX)        # (batch, seq)
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
 
 
-def training_loss(model, batch: torch.Tensor, config: HealConfig, teacher=None, accelerator=None) -> torch.Tensor:
-    """The loss this method minimises on one micro-batch ``(batch, seq)`` of token ids."""
-    logits = model(input_ids=batch).logits                  # (batch, seq, vocab)
-    if teacher is None:
-        return lm_loss(logits, batch)
-    with torch.no_grad(), (accelerator.autocast() if accelerator is not None else _nullcontext()):
-        teacher_logits = teacher(input_ids=batch).logits
+def training_loss(model, batch: Mapping[str, torch.Tensor], config: HealConfig, teacher=None,
+                  teacher_cache: TeacherCache | None = None, accelerator=None) -> torch.Tensor:
+    """The loss this method minimises on one micro-batch: ``input_ids`` ``(batch, seq)`` and ``block_index``
+    ``(batch,)`` (which training blocks they are, for the cached teacher)."""
+    input_ids = batch["input_ids"]
+    logits = model(input_ids=input_ids).logits                  # (batch, seq, vocab)
+    if teacher is None and teacher_cache is None:
+        return lm_loss(logits, input_ids)
     # positions 0..T-2 predict tokens 1..T-1: the same positions the LM loss scores
-    distill = kd_loss(logits[:, :-1], teacher_logits[:, :-1], config.temperature)
+    student = logits[:, :-1]                                    # a view: (batch, seq - 1, vocab)
+    if teacher_cache is not None:
+        values, indices = teacher_cache.lookup(batch["block_index"])     # (batch, seq - 1, k) each
+        distill = topk_kd_loss(student, values.to(logits.device), indices.to(logits.device), config.temperature)
+    else:
+        with torch.no_grad(), (accelerator.autocast() if accelerator is not None else nullcontext()):
+            teacher_logits = teacher(input_ids=input_ids).logits[:, :-1]
+        if config.top_k:
+            top = teacher_logits.float().topk(config.top_k, dim=-1)
+            # rounded as the cache stores them, so the on-the-fly and the cached teacher give one loss
+            distill = topk_kd_loss(student, top.values.to(torch.float16), top.indices, config.temperature)
+        else:
+            distill = kd_loss(student, teacher_logits, config.temperature)
     if config.lm_loss_weight == 0.0:
         return distill
-    return (1 - config.lm_loss_weight) * distill + config.lm_loss_weight * lm_loss(logits, batch)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+    return (1 - config.lm_loss_weight) * distill + config.lm_loss_weight * lm_loss(logits, input_ids)
 
 
 @torch.no_grad()
@@ -379,73 +420,50 @@ def loss_scaler_active(accelerator) -> bool:
 def train(model: nn.Module, train_blocks: torch.Tensor, eval_blocks: torch.Tensor | None, config: HealConfig,
           accelerator=None, checkpoint_dir: str | Path | None = None, resume: bool = False, teacher=None,
           callback: Callable[[int, float], None] | None = None, progress: bool = True,
-          run_identity: Mapping | None = None) -> TrainResult:
+          run_identity: Mapping | None = None, teacher_cache: TeacherCache | None = None) -> TrainResult:
     """Train ``model`` (its trainable parameters) on token blocks with ``config``'s method and schedule.
 
     Args:
-        model: the model to heal, already wrapped for its method (peft for LoRA; all parameters trainable for
-            full/distill).
+        model: the model to heal, already wrapped for its method (peft for LoRA; the parameters it trains left
+            trainable for full/distill).
         train_blocks: token ids ``(num_blocks, seq_len)``, cycled through in seeded epochs.
         eval_blocks: held-out token ids ``(n, seq_len)`` scored at step 0, every ``eval_every`` steps and at the end.
         config: the recipe; ``config.resolve_steps`` gives the number of optimizer steps.
         accelerator: an ``accelerate.Accelerator`` (one is made if None).
         checkpoint_dir: where ``save_every`` checkpoints go (None: no checkpoints).
         resume: continue from the latest checkpoint in ``checkpoint_dir``.
-        teacher: for distillation, the frozen teacher model.
+        teacher: for distillation on the fly, the frozen teacher model.
         callback: called as ``callback(step, loss)`` after every optimizer step on every process.
         progress: show a progress bar (main process only).
         run_identity: more settings that must not change on --resume (``heal`` passes the data spec); the
             recipe's own (:data:`RESUME_KEYS`), the step budget and digests of the token blocks are always checked.
+        teacher_cache: for distillation from a cached teacher, its top-k logits over ``train_blocks``.
 
     Returns:
         A :class:`TrainResult`. Raises :class:`LossDiverged` when a step diverges (see :func:`divergence_problem`);
         the weights are then not saved, the checkpoints stay. Under an fp16 loss scaler an overflowing step is
         skipped (no update, no schedule step), counted in ``state.skipped_steps``, and the run goes on.
     """
-    from tqdm.auto import tqdm
-
-    if (config.method == "distill") != (teacher is not None):
+    if (config.method == "distill") != (teacher is not None or teacher_cache is not None):
         raise DepthpruneError("distillation needs a teacher and only distillation uses one")
     if train_blocks.dim() != 2 or train_blocks.shape[1] != config.seq_len:
         raise DepthpruneError(f"training blocks have shape {tuple(train_blocks.shape)}, expected (n, {config.seq_len})")
     accelerator = accelerator or make_accelerator(config)
-    num_processes = accelerator.num_processes
-    num_steps = config.resolve_steps(num_processes)
+    num_steps = config.resolve_steps(accelerator.num_processes)
     warmup = effective_warmup(config, num_steps)
     if warmup < config.warmup_steps:
         logger.warning("warm-up shortened from %d to %d steps (a tenth of this %d-step run)", config.warmup_steps,
                        warmup, num_steps)
-    micro_batches = num_steps * config.grad_accum * num_processes
-    order = data_order(len(train_blocks), micro_batches * config.batch_size, config.seed)
-    # Loaders get their own generators: each new iterator draws a seed, and drawing it from the global RNG would
-    # shift dropout masks after a resume (which starts a new iterator mid-run).
-    train_loader = torch.utils.data.DataLoader(_OrderedBlocks(train_blocks, order), batch_size=config.batch_size,
-                                               shuffle=False, drop_last=True,
-                                               generator=torch.Generator().manual_seed(config.seed))
-    eval_loader = None
-    if eval_blocks is not None and len(eval_blocks):
-        eval_loader = torch.utils.data.DataLoader(eval_blocks, batch_size=config.batch_size, shuffle=False,
-                                                  generator=torch.Generator().manual_seed(config.seed))
-
+    train_loader, eval_loader = _loaders(train_blocks, eval_blocks, config, num_steps * accelerator.num_processes)
     settings = {**_settings(config), **dict(run_identity or {}), "num_steps": num_steps, "warmup_steps_used": warmup,
                 "data_fingerprint": blocks_fingerprint(train_blocks), "held_out_fingerprint":
                 blocks_fingerprint(eval_blocks if eval_blocks is not None and len(eval_blocks) else None)}
-    state = TrainState(num_steps=num_steps, num_processes=num_processes, settings=settings)
+    state = TrainState(num_steps=num_steps, num_processes=accelerator.num_processes, settings=settings)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    saved, last = None, None
-    if resume:            # checked before anything is built: a changed budget or data order is refused, not obeyed
-        last = latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
-        if last is None:
-            raise DepthpruneError(f"--resume: no checkpoint in {checkpoint_dir}; run without --resume to start afresh")
-        saved = TrainState.from_dict(json.loads((last / STATE_FILE).read_text()))
-        changed = resume_differences(saved.settings, settings)
-        if saved.num_processes != num_processes:
-            changed.append(f"number of processes ({saved.num_processes} -> {num_processes})")
-        if changed:
-            raise DepthpruneError(f"--resume: {', '.join(changed)} differ from the interrupted run in {last}; resume "
-                                  "with the same options (only --lr may change), or start afresh without --resume")
+    # checked before anything is built: a changed budget or data order is refused, not obeyed
+    last, saved = _checkpoint_to_resume(checkpoint_dir, settings, accelerator.num_processes) if resume else (None, None)
 
-    optimizer = build_optimizer(model, config)
+    optimizer = build_optimizer(model, config, fused=not loss_scaler_active(accelerator))
     scheduler = build_scheduler(optimizer, config, num_steps, warmup)
     # The scheduler stays outside prepare(): accelerate would step it once per process, but our schedule counts
     # optimizer steps, which do not depend on the number of processes.
@@ -456,93 +474,169 @@ def train(model: nn.Module, train_blocks: torch.Tensor, eval_blocks: torch.Tenso
     accelerator.register_for_checkpointing(scheduler)
     if teacher is not None:
         teacher.to(accelerator.device)
-
     resumed_from = None
     if saved is not None:
-        accelerator.load_state(str(last))
-        if saved.settings.get("lr") != config.lr:
-            logger.warning("resuming with lr %g instead of %g", config.lr, saved.settings.get("lr"))
-            scheduler.base_lrs = [config.lr] * len(scheduler.base_lrs)
-            for group, schedule in zip(optimizer.param_groups, scheduler.lr_lambdas):
-                group["lr"] = config.lr * schedule(scheduler.last_epoch)
-            saved.settings["lr"] = config.lr
-        state, resumed_from = saved, saved.step
+        state, resumed_from = _restore(accelerator, last, saved, config, optimizer, scheduler), saved.step
         train_loader = accelerator.skip_first_batches(train_loader, state.step * config.grad_accum)
-        logger.info("resumed from %s (step %d)", last, state.step)
     if checkpoint_dir is not None and accelerator.is_main_process:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-
     if eval_loader is not None and not state.eval_losses:
         state.eval_losses.append((state.step, evaluate(model, eval_loader, accelerator)))
-    tokens_per_step = config.tokens_per_step(num_processes)
-    loss_scaling = loss_scaler_active(accelerator)
-    bar = tqdm(total=num_steps, initial=state.step, desc=f"healing ({config.method})", unit="step",
-               disable=not (progress and accelerator.is_main_process))
-    model.train()
-    start, steps_this_session, not_training = time.perf_counter(), 0, 0.0   # seconds in evaluation/saving
-    skipped_in_a_row = 0
-    accumulated = torch.zeros((), device=accelerator.device)
-    for batch in train_loader:
-        if state.step >= num_steps:
-            break
-        with accelerator.accumulate(model):
-            loss = training_loss(model, batch, config, teacher, accelerator)
-            # Under DeepSpeed this also applies the optimizer step at the accumulation boundary (see docs/healing.md)
-            accelerator.backward(loss)
-            accumulated += loss.detach().float()
+
+    run = _Run(model=model, optimizer=optimizer, scheduler=scheduler, accelerator=accelerator, config=config,
+               state=state, checkpoint_dir=checkpoint_dir, teacher=teacher, teacher_cache=teacher_cache,
+               eval_loader=eval_loader, callback=callback, progress=progress)
+    speed = run.steps(train_loader)
+    return TrainResult(model=accelerator.unwrap_model(model), state=state, tokens_per_second=speed,
+                       warmup_steps=warmup, resumed_from=resumed_from, prepared_model=model)
+
+
+def _loaders(train_blocks: torch.Tensor, eval_blocks: torch.Tensor | None, config: HealConfig, step_batches: int):
+    """The training loader (the fixed data order of the whole run) and the held-out loader (None without blocks).
+
+    ``step_batches``: optimizer steps times processes (each step takes ``grad_accum`` micro-batches per process).
+    """
+    order = data_order(len(train_blocks), step_batches * config.grad_accum * config.batch_size, config.seed)
+    # Loaders get their own generators: each new iterator draws a seed, and drawing it from the global RNG would
+    # shift dropout masks after a resume (which starts a new iterator mid-run).
+    train_loader = torch.utils.data.DataLoader(_OrderedBlocks(train_blocks, order), batch_size=config.batch_size,
+                                               shuffle=False, drop_last=True,
+                                               generator=torch.Generator().manual_seed(config.seed))
+    eval_loader = None
+    if eval_blocks is not None and len(eval_blocks):
+        eval_loader = torch.utils.data.DataLoader(eval_blocks, batch_size=config.batch_size, shuffle=False,
+                                                  generator=torch.Generator().manual_seed(config.seed))
+    return train_loader, eval_loader
+
+
+def _checkpoint_to_resume(checkpoint_dir: Path | None, settings: dict, num_processes: int):
+    """The latest checkpoint and its saved state; refuses a missing one and any setting that differs."""
+    last = latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+    if last is None:
+        raise DepthpruneError(f"--resume: no checkpoint in {checkpoint_dir}; run without --resume to start afresh")
+    saved = TrainState.from_dict(json.loads((last / STATE_FILE).read_text()))
+    changed = resume_differences(saved.settings, settings)
+    if saved.num_processes != num_processes:
+        changed.append(f"number of processes ({saved.num_processes} -> {num_processes})")
+    if changed:
+        raise DepthpruneError(f"--resume: {', '.join(changed)} differ from the interrupted run in {last}; resume "
+                              "with the same options (only --lr may change), or start afresh without --resume")
+    return last, saved
+
+
+def _restore(accelerator, last: Path, saved: TrainState, config: HealConfig, optimizer, scheduler) -> TrainState:
+    """Load the full training state of checkpoint ``last``; a changed --lr rescales the schedule from here on."""
+    accelerator.load_state(str(last))
+    if saved.settings.get("lr") != config.lr:
+        logger.warning("resuming with lr %g instead of %g", config.lr, saved.settings.get("lr"))
+        scheduler.base_lrs = [config.lr] * len(scheduler.base_lrs)
+        for group, schedule in zip(optimizer.param_groups, scheduler.lr_lambdas):
+            group["lr"] = config.lr * schedule(scheduler.last_epoch)
+        saved.settings["lr"] = config.lr
+    logger.info("resumed from %s (step %d)", last, saved.step)
+    return saved
+
+
+@dataclass
+class _Run:
+    """The optimizer steps of one training session, and what happens after each (record, evaluate, save)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    accelerator: object
+    config: HealConfig
+    state: TrainState
+    checkpoint_dir: Path | None
+    teacher: nn.Module | None
+    teacher_cache: TeacherCache | None
+    eval_loader: object
+    callback: Callable[[int, float], None] | None
+    progress: bool
+
+    def steps(self, train_loader) -> float:
+        """Train until the step budget is spent; returns training tokens/s (evaluation and saving excluded)."""
+        from tqdm.auto import tqdm
+
+        config, state, accelerator = self.config, self.state, self.accelerator
+        # clipping and its norm over what trains: a LoRA model's frozen base is no work
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.loss_scaling = loss_scaler_active(accelerator)
+        self.skipped_in_a_row = 0
+        self.bar = tqdm(total=state.num_steps, initial=state.step, desc=f"healing ({config.method})", unit="step",
+                        disable=not (self.progress and accelerator.is_main_process))
+        self.model.train()
+        self.start, self.session_steps, self.not_training = time.perf_counter(), 0, 0.0
+        accumulated = torch.zeros((), device=accelerator.device)
+        for batch in train_loader:
+            if state.step >= state.num_steps:
+                break
+            with accelerator.accumulate(self.model):
+                loss = training_loss(self.model, batch, config, self.teacher, self.teacher_cache, accelerator)
+                # Under DeepSpeed this also applies the optimizer step at the accumulation boundary (docs/healing.md)
+                accelerator.backward(loss)
+                accumulated += loss.detach().float()
+                if accelerator.sync_gradients:
+                    step_loss, grad_norm = self._check_step(accumulated)
+                self.optimizer.step()
+                self.optimizer.zero_grad()
             if accelerator.sync_gradients:
-                step_loss = accelerator.reduce(accumulated / config.grad_accum, reduction="mean").item()
-                # max_grad_norm 0: no clipping, but the norm is still measured (inf clips nothing)
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm or math.inf)
-                problem = divergence_problem(step_loss, grad_norm, state.train_losses, config.max_loss_ratio,
-                                             loss_scaling)
-                if problem is not None:
-                    _stop_diverged(problem, state, checkpoint_dir, accelerator)
-            optimizer.step()
-            optimizer.zero_grad()
-        if not accelerator.sync_gradients:
-            continue
-        skipped = accelerator.optimizer_step_was_skipped
-        if skipped:
+                self._after_step(step_loss, grad_norm)
+                accumulated.zero_()
+        self.bar.close()
+        seconds = time.perf_counter() - self.start - self.not_training
+        accelerator.wait_for_everyone()
+        tokens = self.session_steps * config.tokens_per_step(accelerator.num_processes)
+        return tokens / seconds if seconds > 0 else float("nan")
+
+    def _check_step(self, accumulated: torch.Tensor):
+        """This step's loss (over processes and micro-batches) and gradient norm; stops a diverged step before
+        it is applied."""
+        config, accelerator = self.config, self.accelerator
+        step_loss = accelerator.reduce(accumulated / config.grad_accum, reduction="mean").item()
+        # max_grad_norm 0: no clipping, but the norm is still measured (inf clips nothing)
+        grad_norm = accelerator.clip_grad_norm_(self.trainable, config.max_grad_norm or math.inf)
+        problem = divergence_problem(step_loss, grad_norm, self.state.train_losses, config.max_loss_ratio,
+                                     self.loss_scaling)
+        if problem is not None:
+            _stop_diverged(problem, self.state, self.checkpoint_dir, accelerator)
+        return step_loss, grad_norm
+
+    def _after_step(self, step_loss: float, grad_norm) -> None:
+        state, config, accelerator = self.state, self.config, self.accelerator
+        if accelerator.optimizer_step_was_skipped:
             # the loss scaler found inf/nan gradients and lowered its scale; the weights are untouched, so the
             # schedule does not advance either (as accelerate intends); the data is consumed as usual
             state.skipped_steps.append(state.step + 1)
-            skipped_in_a_row += 1
-            if skipped_in_a_row > MAX_CONSECUTIVE_SKIPPED:
-                _stop_diverged(f"the fp16 loss scaler skipped {skipped_in_a_row} steps in a row (the gradients "
+            self.skipped_in_a_row += 1
+            if self.skipped_in_a_row > MAX_CONSECUTIVE_SKIPPED:
+                _stop_diverged(f"the fp16 loss scaler skipped {self.skipped_in_a_row} steps in a row (the gradients "
                                "overflow at every scale); use --mixed-precision bf16 or lower --lr", state,
-                               checkpoint_dir, accelerator)
+                               self.checkpoint_dir, accelerator)
         else:
-            skipped_in_a_row = 0
-            scheduler.step()
+            self.skipped_in_a_row = 0
+            self.scheduler.step()
             if grad_norm is not None and not math.isfinite(float(grad_norm)):
                 _stop_diverged(f"the gradient norm became {float(grad_norm)} and the step was applied", state,
-                               checkpoint_dir, accelerator)
-        accumulated.zero_()
+                               self.checkpoint_dir, accelerator)
+        tokens_per_step = config.tokens_per_step(accelerator.num_processes)
         state.step += 1
-        steps_this_session += 1
+        self.session_steps += 1
         state.tokens_seen += tokens_per_step
         state.train_losses.append(step_loss)
-        training_seconds = time.perf_counter() - start - not_training
-        bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.4f}",
-                        tok_s=f"{steps_this_session * tokens_per_step / training_seconds:,.0f}")
+        seconds = time.perf_counter() - self.start - self.not_training
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{self.session_steps * tokens_per_step / seconds:,.0f}")
         paused = time.perf_counter()
-        if eval_loader is not None and (state.step % config.eval_every == 0 or state.step == num_steps):
-            state.eval_losses.append((state.step, evaluate(model, eval_loader, accelerator)))
-            if progress and accelerator.is_main_process:
-                bar.write(f"step {state.step}: held-out loss {state.eval_losses[-1][1]:.4f}")
-        if checkpoint_dir is not None and state.step % config.save_every == 0 and state.step < num_steps:
-            _save_checkpoint(accelerator, checkpoint_dir, state)
-        not_training += time.perf_counter() - paused
-        if callback is not None:
-            callback(state.step, step_loss)
-    bar.close()
-    training_seconds = time.perf_counter() - start - not_training
-    accelerator.wait_for_everyone()
-    speed = steps_this_session * tokens_per_step / training_seconds if training_seconds > 0 else float("nan")
-    return TrainResult(model=accelerator.unwrap_model(model), state=state, tokens_per_second=speed,
-                       warmup_steps=warmup, resumed_from=resumed_from, prepared_model=model)
+        if self.eval_loader is not None and (state.step % config.eval_every == 0 or state.step == state.num_steps):
+            state.eval_losses.append((state.step, evaluate(self.model, self.eval_loader, accelerator)))
+            if self.progress and accelerator.is_main_process:
+                self.bar.write(f"step {state.step}: held-out loss {state.eval_losses[-1][1]:.4f}")
+        if self.checkpoint_dir is not None and state.step % config.save_every == 0 and state.step < state.num_steps:
+            _save_checkpoint(accelerator, self.checkpoint_dir, state)
+        self.not_training += time.perf_counter() - paused
+        if self.callback is not None:
+            self.callback(state.step, step_loss)
 
 
 def _stop_diverged(problem: str, state: TrainState, checkpoint_dir: Path | None, accelerator) -> None:
