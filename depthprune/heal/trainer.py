@@ -264,7 +264,7 @@ def training_loss(model, batch: Mapping[str, torch.Tensor], config: HealConfig, 
 
 
 @torch.no_grad()
-def evaluate(model, loader, accelerator) -> float:
+def validation_loss(model, loader, accelerator) -> float:
     """Mean next-token loss over the held-out blocks (all processes together)."""
     was_training = model.training
     model.eval()
@@ -481,7 +481,7 @@ def train(model: nn.Module, train_blocks: torch.Tensor, eval_blocks: torch.Tenso
     if checkpoint_dir is not None and accelerator.is_main_process:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
     if eval_loader is not None and not state.eval_losses:
-        state.eval_losses.append((state.step, evaluate(model, eval_loader, accelerator)))
+        state.eval_losses.append((state.step, validation_loss(model, eval_loader, accelerator)))
 
     run = _Run(model=model, optimizer=optimizer, scheduler=scheduler, accelerator=accelerator, config=config,
                state=state, checkpoint_dir=checkpoint_dir, teacher=teacher, teacher_cache=teacher_cache,
@@ -629,7 +629,7 @@ class _Run:
         self.bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{self.session_steps * tokens_per_step / seconds:,.0f}")
         paused = time.perf_counter()
         if self.eval_loader is not None and (state.step % config.eval_every == 0 or state.step == state.num_steps):
-            state.eval_losses.append((state.step, evaluate(self.model, self.eval_loader, accelerator)))
+            state.eval_losses.append((state.step, validation_loss(self.model, self.eval_loader, accelerator)))
             if self.progress and accelerator.is_main_process:
                 self.bar.write(f"step {state.step}: held-out loss {state.eval_losses[-1][1]:.4f}")
         if self.checkpoint_dir is not None and state.step % config.save_every == 0 and state.step < state.num_steps:
