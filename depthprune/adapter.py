@@ -44,6 +44,11 @@ class ArchitectureSpec:
     moe_sparse_step_key: str | None = None
     refuse_if: dict = field(default_factory=dict)
     guessed: bool = False
+    # For compensation: where a layer's branch outputs are made (paths inside one decoder layer).
+    mlp_output: str = "mlp.down_proj"
+    attn_output: str = "self_attn.o_proj"
+    branch_output_norms: tuple[str, ...] = ()
+    compensation_refuse_if: dict = field(default_factory=dict)
 
 
 @lru_cache(maxsize=1)
@@ -67,6 +72,10 @@ def architecture_table() -> dict[str, ArchitectureSpec]:
             layer_count_thresholds=tuple(entry["layer_count_thresholds"]),
             moe_sparse_step_key=entry.get("moe_sparse_step_key"),
             refuse_if=dict(entry["refuse_if"]),
+            mlp_output=entry["mlp_output"],
+            attn_output=entry["attn_output"],
+            branch_output_norms=tuple(entry["branch_output_norms"]),
+            compensation_refuse_if=dict(entry["compensation_refuse_if"]),
         )
     return table
 

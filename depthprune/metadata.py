@@ -3,7 +3,8 @@
 Files, one per kind of output folder:
 
 - ``depthprune.json`` beside every saved model (prune, collapse, heal): the provenance in the ORIGINAL base model's
-  numbering at the top level, a ``collapse`` section when LaCo made the model, a ``healing`` section when it was
+  numbering at the top level, a ``collapse`` section when LaCo made the model, a ``compensation`` section when
+  ``prune --compensate`` folded a compensation into it, a ``healing`` section when it was
   healed (earlier healings in ``parent_healing``, earlier pruning steps in ``parent_steps``).
 - ``scores.json`` (score, prune by criterion, sweep): ``num_layers`` and one entry per criterion.
 - ``results.json`` (eval): ``perplexity``, ``tasks``, ``speed`` and ``evaluated`` (which model, how many layers).
@@ -27,6 +28,7 @@ KNOWN_FILES = (METADATA_FILE, SCORES_FILE, RESULTS_FILE, SWEEP_FILE)
 
 # Sections of depthprune.json written by the step that made the model.
 COLLAPSE_KEY = "collapse"
+COMPENSATION_KEY = "compensation"
 HEALING_KEY = "healing"
 PARENT_HEALING_KEY = "parent_healing"
 PARENT_STEPS_KEY = "parent_steps"
@@ -113,6 +115,30 @@ class HealingRecord:
                    train_losses=list(section.get("train_losses") or []),
                    eval_losses=[list(pair) for pair in section.get("eval_losses") or []],
                    data=dict(section.get("data") or {}), teacher=section.get("teacher"))
+
+
+@dataclass
+class CompensationRecord:
+    """The ``compensation`` section of ``depthprune.json`` (written by :func:`depthprune.compensate.compensate`)."""
+
+    method: str
+    settings: dict
+    calibration_tokens: int | None
+    gaps: list[dict]            # per gap: removed_layers, kept_before (original numbering), fitted_on, folded_into, ...
+    calibration_ppl: dict | None    # dense, pruned, compensated (in-sample)
+    data: dict | None
+
+    @classmethod
+    def from_section(cls, section: dict) -> "CompensationRecord":
+        return cls(method=section.get("method", "?"), settings=dict(section.get("settings") or {}),
+                   calibration_tokens=section.get("calibration_tokens"), gaps=list(section.get("gaps") or []),
+                   calibration_ppl=section.get("calibration_ppl"), data=section.get("data"))
+
+
+def compensation_of(metadata: dict) -> CompensationRecord | None:
+    """The training-free compensation folded into a model, if any (a healed model carries its parent's)."""
+    section = metadata.get(COMPENSATION_KEY)
+    return CompensationRecord.from_section(section) if isinstance(section, dict) else None
 
 
 def collapse_of(metadata: dict) -> CollapseRecord | None:

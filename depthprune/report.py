@@ -136,6 +136,26 @@ def _collapse_tables(step: StepArtifacts) -> list[Table]:
     return [Table(title, ["into", "folded", "similarity", "verdict"], rows, source)]
 
 
+def _compensation_tables(step: StepArtifacts) -> list[Table]:
+    record = schema.compensation_of(step.json.get(schema.METADATA_FILE) or {})
+    if record is None:
+        return []
+    rows = []
+    for gap in record.gaps:
+        error = (f"{_fmt(gap['mse_plain'])} -> {_fmt(gap['mse_compensated'])}" if "mse_plain" in gap
+                 else f"s = {_fmt(gap['scale'])}" if "scale" in gap else "-")
+        rows.append([_layers(gap["removed_layers"]), str(gap.get("kept_before")), str(gap.get("fitted_on") or "-"),
+                     error, str(len(gap.get("folded_into") or []))])
+    quality = record.calibration_ppl or {}
+    if quality:
+        rows.append(["calibration perplexity (in-sample)", "", "dense " + _fmt(quality.get("dense")),
+                     f"pruned {_fmt(quality.get('pruned'))} -> compensated {_fmt(quality.get('compensated'))}", ""])
+    title = (f"Compensation — {record.method} ({', '.join(f'{k}={_fmt(v)}' for k, v in record.settings.items())}; "
+             f"{record.calibration_tokens or '?'} calibration tokens; original numbering)")
+    return [Table(title, ["removed", "kept before", "fitted on", "stream error plain -> compensated (MSE)",
+                          "tensors changed"], rows, f"{step.name}/{schema.METADATA_FILE}")]
+
+
 def _healing_tables(step: StepArtifacts) -> list[Table]:
     meta = step.json.get(schema.METADATA_FILE) or {}
     source = f"{step.name}/{schema.METADATA_FILE}"
@@ -434,6 +454,14 @@ def summary_table(steps: list[StepArtifacts]) -> Table | None:
         if collapse is not None:
             rows.append(["LaCo", f"{len(collapse.merges)} merges accepted at T={_fmt(collapse.threshold)} "
                                  f"({collapse.merge_label})", ""])
+        compensation = schema.compensation_of(meta)
+        if compensation is not None:
+            quality = compensation.calibration_ppl or {}
+            rows.append(["compensated", f"{compensation.method}, folded into the weights, "
+                                        f"{compensation.calibration_tokens} calibration tokens",
+                         f"calibration perplexity pruned {_fmt(quality.get('pruned'))} -> compensated "
+                         f"{_fmt(quality.get('compensated'))} (dense {_fmt(quality.get('dense'))}; in-sample)"
+                         if quality else ""])
         for healing in schema.healings_of(meta):
             tokens = f"{healing.tokens_seen:,}" if isinstance(healing.tokens_seen, int) else "?"
             preset = f", preset {healing.preset}" if healing.preset else ""
@@ -474,6 +502,7 @@ def _section_tables(step: StepArtifacts) -> list[Table]:
     if plan:
         tables.append(plan)
     tables += _collapse_tables(step)
+    tables += _compensation_tables(step)
     tables += _healing_tables(step)
     tables += _scores_tables(step)
     tables += _sweep_tables(step)

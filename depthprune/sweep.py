@@ -147,6 +147,7 @@ def sweep_figure(result: dict):
         dense = next((p[metric] for p in points if p["n"] == 0 and p.get(metric) is not None), None)
         if dense is not None:
             axis.axhline(dense, color="0.35", linestyle="--", linewidth=1.2, label=f"dense ({_compact_number(dense)})")
+        colours = {}
         for method in result["methods"]:
             line = sorted((p["n"], p[metric]) for p in points if p["method"] == method and p.get(metric) is not None
                           and p["n"] > 0)
@@ -154,7 +155,11 @@ def sweep_figure(result: dict):
                 continue
             xs = [x for x, _ in line]
             ys = [min(y, cap) if cap else y for _, y in line]
-            drawn = axis.plot(xs, ys, marker="o", label=method)[0]
+            # a compensated curve (bi+linear) is drawn dashed in its criterion's colour
+            base = method.split("+")[0]
+            paired = {"linestyle": "--", "color": colours[base]} if "+" in method and base in colours else {}
+            drawn = axis.plot(xs, ys, marker="o", label=method, **paired)[0]
+            colours.setdefault(method, drawn.get_color())
             for x, y in line:
                 if cap and y > cap:
                     axis.plot([x], [cap], linestyle="none", marker="^", markersize=10, color=drawn.get_color())
@@ -203,7 +208,7 @@ def is_unfinished_sweep(folder) -> bool:
 
 def sweep_needs(model, methods="angular,bi,last,ppl", eval="wikitext2", data="builtin", data_dir=None,
                 heal_steps: int = 0, heal_method: str = "lora", heal_data=None, scores=None, output=None,
-                plots: bool = True) -> list[tuple[str, str]]:
+                plots: bool = True, compensate: str = "none") -> list[tuple[str, str]]:
     """The optional packages ``sweep`` will need, as ``(module, purpose)`` pairs."""
     from .evaluate.perplexity import PPL_SOURCES
     from .extras import data_needs, model_needs
@@ -211,7 +216,8 @@ def sweep_needs(model, methods="angular,bi,last,ppl", eval="wikitext2", data="bu
     from .selection import check_method
 
     needs = model_needs(model)
-    if scores is None and any(check_method(m, option="--methods").needs_data for m in _split(methods)):
+    if compensate != "none" or (scores is None and any(check_method(m, option="--methods").needs_data
+                                                       for m in _split(methods))):
         needs += data_needs(data)
     if data_dir is None:
         needs += [("datasets", f"--eval {name} without --data-dir") for name in _split(eval) if name in PPL_SOURCES]
@@ -276,7 +282,7 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
           eval_seq_len: int = 256, data_dir=None, max_windows: int | None = None,
           limit: int | None = None, heal_steps: int = 0, heal_method: str = "lora", heal_data=None,
           scores=None, output=None, force: bool = False, plots: bool = True, dtype="auto", device="cpu",
-          trust_remote_code: bool = False) -> dict:
+          trust_remote_code: bool = False, compensate: str = "none") -> dict:
     """Evaluate the model with n layers removed by each method, for every n (``depthprune sweep``).
 
     Every finished point is saved at once in ``OUTPUT/sweep.progress.json`` (with the scores in
@@ -301,6 +307,8 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
         output: folder for ``sweep.json`` and ``sweep.png``; None writes nothing.
         force: start over in ``output`` even when it holds a finished or unfinished sweep.
         plots: draw ``sweep.png`` (needs matplotlib).
+        compensate: also evaluate every point with this compensation folded in (calibrated on ``data``), as a
+            second curve per criterion named ``METHOD+COMPENSATION`` (see :mod:`depthprune.compensate`).
 
     Returns:
         ``{"model", "num_layers", "methods", "points": [{"method", "n", "fraction", "removed_layers", <metrics>}]}``.
@@ -312,6 +320,10 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
     from .selection import check_method
 
     method_list, counts, evals, ppl, tasks = _parse_request(methods, n, eval)
+    if compensate != "none":
+        from .compensate import COMPENSATIONS
+
+        COMPENSATIONS.get(compensate)
     spec = DataSpec(source=data, samples=samples, seq_len=seq_len, seed=seed, text_field=text_field,
                     chat_template=chat_template)
     # What decides the points: a re-run continues an unfinished sweep only when these are the same.
@@ -320,30 +332,33 @@ def sweep(model, methods="angular,bi,last,ppl", n="0:8", eval="wikitext2", data=
         "eval_seq_len": eval_seq_len, "max_windows": max_windows, "limit": limit,
         "data_dir": str(Path(data_dir).expanduser().resolve()) if data_dir else None, "calibration": spec.describe(),
         "scores": str(Path(scores).expanduser().resolve()) if isinstance(scores, (str, Path)) else None,
-        "heal": {"steps": heal_steps, "method": heal_method, "data": heal_data} if heal_steps else None},
-        default=str))
+        "heal": {"steps": heal_steps, "method": heal_method, "data": heal_data} if heal_steps else None,
+        **({"compensate": compensate} if compensate != "none" else {})}, default=str))
     out = Path(output) if output is not None else None
     finished = _finished_points(out, settings, force) if out is not None else None   # refuses before any work
     if out is not None:
         remove_stale_temp_dirs(out)   # a run killed while it made the folder
     require_all(sweep_needs(model, methods, eval, data, data_dir, heal_steps, heal_method, heal_data, scores,
-                            output, plots))
+                            output, plots, compensate))
 
     loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device,
                                                                       trust_remote_code=trust_remote_code)
     scores = _scores_for(loaded, method_list, counts, spec, scores, out if finished is not None else None, device)
     planned = _plan_points(loaded.model, method_list, counts, scores)
+    if compensate != "none":     # a compensated curve beside each criterion's (the dense point is shared)
+        planned += [(f"{method}+{compensate}", count, removed) for method, count, removed in list(planned)]
     scored = any(check_method(m).scored for m in method_list)
     done = _start_or_continue(out, finished, scores if scored else None, settings, len(planned), force)
     heal_spec = DataSpec(source=heal_data or data, samples=0, text_field=text_field, chat_template=chat_template)
     point_options = _PointOptions(ppl=ppl, tasks=tasks, eval_seq_len=eval_seq_len, limit=limit, data_dir=data_dir,
                                   max_windows=max_windows, device=device, heal_steps=heal_steps,
-                                  heal_method=heal_method, heal_data=heal_spec, seq_len=seq_len, seed=seed)
+                                  heal_method=heal_method, heal_data=heal_spec, seq_len=seq_len, seed=seed,
+                                  compensate=compensate, calibration=_calibration_ids(loaded, spec, compensate))
     _run_points(loaded, planned, done, point_options,
                 progress=(out / PROGRESS_FILE, settings) if out is not None else None)
 
     result = {"model": loaded.description, "model_source": loaded.source, "num_layers": _num_layers(loaded.model),
-              "methods": method_list, "n": counts, "eval": evals, "eval_seq_len": eval_seq_len,
+              "methods": list(dict.fromkeys(m for m, _, _ in planned)), "n": counts, "eval": evals, "eval_seq_len": eval_seq_len,
               "max_windows": max_windows, "limit": limit, "data_dir": str(data_dir) if data_dir else None,
               "calibration": spec.describe(),
               "heal": {"steps": heal_steps, "method": heal_method} if heal_steps else None,
@@ -462,6 +477,8 @@ class _PointOptions:
     heal_data: object          # a DataSpec
     seq_len: int
     seed: int
+    compensate: str = "none"   # folded into the points of the METHOD+COMPENSATION curves
+    calibration: object = None  # its calibration blocks
 
 
 def _run_points(loaded, planned, done: dict, options: _PointOptions, progress) -> None:
@@ -474,7 +491,7 @@ def _run_points(loaded, planned, done: dict, options: _PointOptions, progress) -
     """
     from .saving import write_json_atomic
 
-    cache: dict[tuple, dict] = {tuple(p["removed_layers"]): _measured(p) for p in done.values()}
+    cache: dict[tuple, dict] = {_point_key(p["method"], p["removed_layers"]): _measured(p) for p in done.values()}
     num_layers = _num_layers(loaded.model)
     heal_root = Path(tempfile.mkdtemp(prefix="depthprune-sweep-heal-")) if options.heal_steps else None
     try:
@@ -482,11 +499,11 @@ def _run_points(loaded, planned, done: dict, options: _PointOptions, progress) -
             if (method, count) in done:
                 continue
             started = time.perf_counter()
-            key = tuple(removed)
+            key = _point_key(method, removed)
             if key not in cache:
                 logger.info("sweep: %s n=%d removes %s", method, count, removed)
                 heal_dir = heal_root / f"{method}-{count}" if heal_root is not None else None
-                cache[key] = _measure_point(loaded, removed, options, heal_dir)
+                cache[key] = _measure_point(loaded, removed, options, heal_dir, compensated="+" in method)
             done[(method, count)] = {"method": method, "n": count, "fraction": count / num_layers,
                                      "removed_layers": removed, **cache[key],
                                      "seconds": round(time.perf_counter() - started, 2)}
@@ -498,14 +515,22 @@ def _run_points(loaded, planned, done: dict, options: _PointOptions, progress) -
             shutil.rmtree(heal_root, ignore_errors=True)
 
 
-def _measure_point(loaded, removed: list[int], options: _PointOptions, heal_dir: Path | None) -> dict:
-    """The model without ``removed`` (a copy), healed briefly when asked, evaluated: the point's measurements."""
+def _measure_point(loaded, removed: list[int], options: _PointOptions, heal_dir: Path | None,
+                   compensated: bool = False) -> dict:
+    """The model without ``removed`` (a copy), compensated and healed briefly when asked, evaluated: the point's
+    measurements."""
     from .adapter import ModelAdapter
     from .evaluate.runner import evaluate
     from .loading import LoadedModel
 
     pruned = copy.deepcopy(loaded.model)
-    if removed:
+    if removed and compensated:
+        from .compensate import compensate
+        from .plan import PrunePlan
+
+        compensate(pruned, PrunePlan(num_layers=_num_layers(pruned), removed_layers=removed), options.compensate,
+                   options.calibration, measure=False, show_progress=False)
+    elif removed:
         adapter = ModelAdapter(pruned)
         adapter.keep_layers(adapter.check_removal(removed)[1])
     extra = {}
@@ -543,6 +568,22 @@ def _write_result(out: Path, result: dict, plots: bool) -> None:
         first = str(plot_error).strip().splitlines()[0] if str(plot_error).strip() else type(plot_error).__name__
         raise DepthpruneError(f"the sweep was saved to {out / SWEEP_FILE} (every point) but its plot failed "
                               f"({first})") from plot_error
+
+
+def _calibration_ids(loaded, spec, compensate: str):
+    """The calibration blocks compensation is fitted on (None without ``--compensate``)."""
+    if compensate == "none":
+        return None
+    from .data import calibration_blocks
+    from .loading import require_tokenizer
+
+    return calibration_blocks(spec, require_tokenizer(loaded), model=loaded.model)
+
+
+def _point_key(method: str, removed) -> tuple:
+    """What identifies a point's model: its removed layers, and the compensation folded in (``bi+linear``)."""
+    compensation = method.partition("+")[2] if removed else ""
+    return (compensation, *removed)
 
 
 def _measured(point: dict) -> dict:

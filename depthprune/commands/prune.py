@@ -45,6 +45,7 @@ def options() -> list:
         Option("surgery", default="auto", choices=("auto", "file", "memory"),
                help="auto: copy the kept tensors at the file level when the layers are known without the weights "
                     "and the source allows it (it says so); file: insist; memory: load the model"),
+        *compensation_options(),
         *output_options(required=False),
     ]
 
@@ -71,7 +72,7 @@ def needs(args) -> list[tuple[str, str]]:
     """Optional packages this command will need (checked before any work, also for every step of a recipe)."""
     from ..prune import prune_needs
 
-    return prune_needs(args.model, args.method, args.data, args.scores)
+    return prune_needs(args.model, args.method, args.data, args.scores, args.compensate, args.max_ppl_ratio)
 
 
 def _check_options(args) -> None:
@@ -79,6 +80,9 @@ def _check_options(args) -> None:
     from ..scoring import CRITERIA
 
     scoring_options = ("keep_edges", "batch_size", *criterion_option_values(args))
+    if args.compensate != "none" or args.max_ppl_ratio is not None:   # they read --data whatever chose the layers
+        _check_compensation_options(args)
+        return
     if args.layers is not None:
         refuse_ignored(args, ("data", *scoring_options, *DATA_OPTIONS[1:]),
                        "with --layers (the layers are named, nothing is scored)")
@@ -96,6 +100,48 @@ def _check_options(args) -> None:
     refuse_options_of_other_criteria(args, [args.method], f"with --method {args.method} (it is {{owners}}'s option)")
 
 
+def compensation_options() -> list:
+    """--compensate, and the quality gate's --max-ppl-ratio and --target-params (depthprune.compensate)."""
+    return [
+        Option("compensate", default="none", metavar="METHOD",
+               help="fold a training-free compensation into the weights, calibrated on --data: linear (ReplaceMe "
+                    "least squares), cosine (ReplaceMe cosine), scale (Prune&Comp), none"),
+        Option("max_ppl_ratio", float, None, metavar="R",
+               help="with --method, instead of --n: remove as many layers as keep calibration perplexity within "
+                    "R x dense (after --compensate), in the criterion's order"),
+        Option("target_params", default=None, metavar="P",
+               help="with --method, instead of --n: remove the fewest layers that leave at most P parameters "
+                    "(100M, 1.2B)"),
+    ]
+
+
+def _check_compensation_options(args) -> None:
+    """With --compensate or --max-ppl-ratio the data is read whatever chose the layers; scoring options still
+    need something scored."""
+    from ..scoring import CRITERIA
+
+    check_data_options(args, True)
+    criterion_options = ("keep_edges", *criterion_option_values(args))
+    if args.layers is not None or args.scores is not None or not CRITERIA.get(args.method, option="--method").scored:
+        how = "--layers" if args.layers is not None else "--scores" if args.scores is not None else \
+            f"--method {args.method}"
+        refuse_ignored(args, criterion_options, f"with {how} (nothing is scored)")
+    else:
+        refuse_options_of_other_criteria(args, [args.method], f"with --method {args.method} (it is {{owners}}'s option)")
+
+
+def print_compensation(output) -> None:
+    """One line: calibration perplexity dense, pruned and compensated, when the saved model was compensated."""
+    from ..metadata import COMPENSATION_KEY
+    from ..saving import read_metadata
+
+    record = (read_metadata(output) or {}).get(COMPENSATION_KEY) or {}
+    quality = record.get("calibration_ppl") or {}
+    if quality:
+        print(f"compensated ({record['method']}): calibration perplexity dense {quality['dense']:.4g}, pruned "
+              f"{quality['pruned']:.4g} -> compensated {quality['compensated']:.4g} (in-sample)")
+
+
 def call(args):
     """The :class:`~depthprune.PrunePlan` (the checkpoint is saved unless ``dry_run``)."""
     from ..prune import prune
@@ -107,7 +153,8 @@ def call(args):
                  allow_single_layer=args.allow_single_layer, dtype=args.dtype, device=args.device,
                  trust_remote_code=args.trust_remote_code, method=args.method, n=args.n, ratio=args.ratio,
                  data=data, scores=args.scores, keep_edges=args.keep_edges, batch_size=args.batch_size,
-                 format=args.format, surgery=args.surgery, **criterion_option_values(args))
+                 format=args.format, surgery=args.surgery, compensate=args.compensate,
+                 max_ppl_ratio=args.max_ppl_ratio, target_params=args.target_params, **criterion_option_values(args))
 
 
 def run(args) -> int:
@@ -116,5 +163,6 @@ def run(args) -> int:
     if args.dry_run:
         print_json(plan.to_dict())
     else:
+        print_compensation(args.output)
         print(f"saved to {args.output}")
     return 0

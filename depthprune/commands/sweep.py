@@ -30,6 +30,9 @@ def options() -> list:
         Option("heal_method", default="lora", help="lora, full or distill"),
         Option("heal_data", help="healing data SPEC (default: --data)"),
         Option("scores", metavar="FILE", help="reuse a scores.json from depthprune score"),
+        Option("compensate", default="none", metavar="METHOD",
+               help="also evaluate each point with this compensation folded in (linear, cosine, scale), calibrated "
+                    "on --data: a second curve per criterion"),
         *data_options(samples=16, seq_len=256),
         Option("plots", bool, True, help="write sweep.json only, no sweep.png"),
         *output_options(force_help="start over, replacing an existing (finished or unfinished) sweep in the output "
@@ -60,7 +63,8 @@ def needs(args) -> list[tuple[str, str]]:
     from ..sweep import sweep_needs
 
     return sweep_needs(args.model, args.methods, args.eval, args.data, args.data_dir, args.heal_steps,
-                       args.heal_method, args.heal_data, args.scores, args.output, plots=args.plots)
+                       args.heal_method, args.heal_data, args.scores, args.output, plots=args.plots,
+                       compensate=args.compensate)
 
 
 def call(args) -> dict:
@@ -77,9 +81,9 @@ def call(args) -> dict:
     # With --scores the data options still describe the calibration the scores came from (a recipe passes the
     # score step's scores and the sweep step repeats its data), so only a sweep that never scores refuses them.
     scored = any(check_method(m, option="--methods").scored for m in methods)
-    check_data_options(args, scored or bool(args.heal_steps and args.heal_data is None),
-                       f"with --methods {args.methods} (nothing is scored) and healing off or reading "
-                       "--heal-data")
+    check_data_options(args, scored or args.compensate != "none" or bool(args.heal_steps and args.heal_data is None),
+                       f"with --methods {args.methods} (nothing is scored), no --compensate and healing off or "
+                       "reading --heal-data")
     spec = data_spec_from_args(args)
     return sweep(args.model, methods=args.methods, n=args.n, eval=args.eval, data=spec.source,
                  samples=spec.samples, seq_len=spec.seq_len, seed=spec.seed, text_field=spec.text_field,
@@ -87,7 +91,7 @@ def call(args) -> dict:
                  max_windows=args.max_windows, limit=args.limit, heal_steps=args.heal_steps,
                  heal_method=args.heal_method, heal_data=args.heal_data, scores=args.scores, output=args.output,
                  force=args.force, plots=args.plots, dtype=args.dtype, device=args.device,
-                 trust_remote_code=args.trust_remote_code)
+                 trust_remote_code=args.trust_remote_code, compensate=args.compensate)
 
 
 def run(args) -> int:
