@@ -1,1 +1,1 @@
-"""One module per CLI verb (``HELP``, ``add_arguments``, ``run``); shared options live in ``common``."""
+"""One module per CLI verb (``HELP``, ``OPTIONS``, ``call``, ``run``); shared options live in ``common``."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from .common import (COMMON_OPTIONS, data_options, data_spec_from_args, model_options, output_options, positive_int,
                      print_json)
-from .schema import Option, Renamed, add_options
+from .schema import Option, Renamed
 
 HELP = "merge rear layers into prior ones (LaCo) and save the collapsed checkpoint"
 
@@ -45,10 +45,6 @@ OPTIONS = [
     Option("dry_run", bool, False, help="run the walk, print the outcome, write nothing"),
     *output_options(required=False),
 ]
-
-
-def add_arguments(parser) -> None:
-    add_options(parser, OPTIONS)
 
 
 def needs(args) -> list[tuple[str, str]]:

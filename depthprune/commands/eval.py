@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .common import (COMMON_OPTIONS, model_options, non_negative_int, output_options, positive_int,
                      refuse_ignored)
-from .schema import Option, add_options
+from .schema import Option
 
 HELP = "evaluate perplexity, lm-eval tasks and speed"
 
@@ -57,10 +57,6 @@ OPTIONS = [
            help="torch: the loaded model; llamacpp: the GGUF files in llama.cpp (llama-cpp-python), batch size 1"),
     *output_options(),
 ]
-
-
-def add_arguments(parser) -> None:
-    add_options(parser, OPTIONS)
 
 
 def needs(args) -> list[tuple[str, str]]:

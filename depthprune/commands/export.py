@@ -10,7 +10,7 @@ A pruned GGUF that changes no weights is made directly by ``depthprune prune SRC
 from __future__ import annotations
 
 from .common import COMMON_OPTIONS, print_json
-from .schema import Option, add_options
+from .schema import Option
 
 HELP = "write a healed, collapsed or pruned checkpoint back as GGUF beside its GGUF source"
 
@@ -23,10 +23,6 @@ OPTIONS = [
            help="the GGUF the model was made from (default: base_model_source in its depthprune.json)"),
     Option("force", bool, False, help="replace an existing output file"),
 ]
-
-
-def add_arguments(parser) -> None:
-    add_options(parser, OPTIONS)
 
 
 def needs(args) -> list[tuple[str, str]]:

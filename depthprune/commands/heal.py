@@ -12,7 +12,7 @@ from __future__ import annotations
 from ..data import DataSpec
 from ..heal.config import SCHEDULES, TARGET_NAMES, TRAIN_LAYER_CHOICES
 from .common import COMMON_OPTIONS, data_options, output_options
-from .schema import Option, Renamed, add_options
+from .schema import Option, Renamed
 
 HELP = "heal a pruned model (LoRA, QLoRA, continued pretraining, distillation) and save it merged"
 
@@ -102,10 +102,6 @@ RECIPE_OPTIONS = {name: name for name in (
     "weight_decay", "batch_size", "grad_accum", "temperature", "lm_loss_weight", "eval_every", "eval_samples",
     "save_every", "seq_len", "seed", "max_loss_ratio", "max_grad_norm", "top_k", "train_layers")} | \
     {"train_tokens": "tokens"}
-
-
-def add_arguments(parser) -> None:
-    add_options(parser, options())
 
 
 def call(args):

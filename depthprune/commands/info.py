@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .common import COMMON_OPTIONS, model_options, print_json
-from .schema import Option, add_options
+from .schema import Option
 
 HELP = "describe a model: architecture, layers, parameters, dtype"
 
@@ -12,10 +12,6 @@ OPTIONS = [
     *model_options(dtype_help="dtype to load with (auto keeps the checkpoint's)"),
     Option("json", bool, False, api=False, help="print JSON"),
 ]
-
-
-def add_arguments(parser) -> None:
-    add_options(parser, OPTIONS)
 
 
 def call(args) -> dict:

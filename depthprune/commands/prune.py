@@ -12,7 +12,7 @@ from .common import (COMMON_OPTIONS, DATA_OPTIONS, TOKENS_RENAMED, check_data_op
                      data_spec_from_args, model_options, output_options, print_json, refuse_ignored)
 from .criteria import (criterion_option_values, criterion_schema, keep_edges_help,
                        refuse_options_of_other_criteria)
-from .schema import Option, add_options
+from .schema import Option
 
 HELP = "remove decoder layers (named, or chosen by a criterion) and save the pruned checkpoint"
 
@@ -54,11 +54,6 @@ def __getattr__(name):
     if name == "OPTIONS":
         return options()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def add_arguments(parser) -> None:
-    add_options(parser, options())
-    parser.epilog = epilog()
 
 
 def epilog() -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .common import COMMON_OPTIONS
-from .schema import Option, add_options
+from .schema import Option
 
 HELP = "write an HTML + markdown report of one or more run folders"
 
@@ -15,10 +15,6 @@ OPTIONS = [
     Option("force", bool, False, help="replace an existing report"),
     Option("title", help="page title"),
 ]
-
-
-def add_arguments(parser) -> None:
-    add_options(parser, OPTIONS)
 
 
 def call(args):

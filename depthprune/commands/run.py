@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from .common import COMMON_OPTIONS
-from .schema import Option, add_options
+from .schema import Option
 
 HELP = "run a pipeline (score, prune/collapse, heal, eval, report) from a YAML recipe"
 
@@ -24,10 +24,6 @@ OPTIONS = [
     Option("dry_run", bool, False, help="validate and print the steps, run nothing"),
     Option("validate", bool, False, help="only check the recipe against the schema"),
 ]
-
-
-def add_arguments(parser) -> None:
-    add_options(parser, OPTIONS)
 
 
 def call(args):

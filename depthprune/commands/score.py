@@ -10,7 +10,7 @@ from .common import (COMMON_OPTIONS, TOKENS_RENAMED, check_data_options, data_op
                      model_options, output_options)
 from .criteria import (criterion_option_values, criterion_schema, keep_edges_help, names_help,
                        refuse_options_of_other_criteria)
-from .schema import Option, add_options
+from .schema import Option
 
 HELP = "score layer importance by each criterion and write scores.json + plots"
 
@@ -38,11 +38,6 @@ def __getattr__(name):
     if name == "OPTIONS":
         return options()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def add_arguments(parser) -> None:
-    add_options(parser, options())
-    parser.epilog = epilog()
 
 
 def epilog() -> str:

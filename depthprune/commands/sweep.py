@@ -8,7 +8,7 @@ the same command run again after an interruption continues from the finished poi
 from __future__ import annotations
 
 from .common import (COMMON_OPTIONS, data_options, model_options, non_negative_int, output_options, positive_int)
-from .schema import Option, add_options
+from .schema import Option
 
 HELP = "evaluate quality against layers removed, one curve per criterion"
 
@@ -44,11 +44,6 @@ def __getattr__(name):
     if name == "OPTIONS":
         return options()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def add_arguments(parser) -> None:
-    add_options(parser, options())
-    parser.epilog = epilog()
 
 
 def epilog() -> str:
