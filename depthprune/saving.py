@@ -178,12 +178,7 @@ def atomic_output_dir(out_dir: str | os.PathLike, force: bool = False) -> Iterat
     permissions an ordinary write gives under the user's umask.
     """
     out = check_output_dir(out_dir, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_dirs(out)
-    tmp = None
-    try:
-        with deferred_interrupts():
-            tmp = _make_temp_dir(out)
+    with temp_dir_beside(out) as tmp:
         yield tmp
         give_ordinary_permissions(tmp)
         with deferred_interrupts():   # both renames happen, or neither; the replaced folder is gone afterwards
@@ -200,6 +195,22 @@ def atomic_output_dir(out_dir: str | os.PathLike, force: bool = False) -> Iterat
                 raise
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def temp_dir_beside(out: Path) -> Iterator[Path]:
+    """A marked temporary folder beside ``out``, deleted if the block fails (or is interrupted).
+
+    The shared part of every atomic output, a folder or a single file: a folder left by an earlier ``kill -9`` of a
+    run writing ``out`` is removed first. Moving the result into place is the caller's, inside the block.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_dirs(out)
+    tmp = None
+    try:
+        with deferred_interrupts():
+            tmp = _make_temp_dir(out)
+        yield tmp
     except BaseException:
         if tmp is not None:
             with deferred_interrupts():

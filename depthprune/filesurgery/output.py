@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import DepthpruneError
-from ..saving import (_make_temp_dir, check_writable_parent, deferred_interrupts, give_ordinary_permissions,
-                      remove_stale_temp_dirs)
+from ..saving import check_writable_parent, deferred_interrupts, give_ordinary_permissions, temp_dir_beside
 
 
 def check_output_file(out_file: str | os.PathLike, force: bool = False) -> Path:
@@ -33,12 +32,7 @@ def atomic_output_file(out_file: str | os.PathLike, force: bool = False) -> Iter
     leaves nothing and a folder left by ``kill -9`` is removed by the next run writing the same output.
     """
     out = check_output_file(out_file, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_dirs(out)
-    tmp = None
-    try:
-        with deferred_interrupts():
-            tmp = _make_temp_dir(out)
+    with temp_dir_beside(out) as tmp:
         target = tmp / out.name
         yield target
         if not target.is_file():
@@ -47,8 +41,3 @@ def atomic_output_file(out_file: str | os.PathLike, force: bool = False) -> Iter
         with deferred_interrupts():     # the rename and the clean-up happen together
             os.replace(target, out)
             shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        if tmp is not None:
-            with deferred_interrupts():
-                shutil.rmtree(tmp, ignore_errors=True)
-        raise
