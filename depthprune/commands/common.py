@@ -137,8 +137,13 @@ def print_json(data) -> None:
 
 
 def verb_schema(module) -> list:
-    """A verb module's ``OPTIONS``, plus the options every verb has (``--threads``) where it leaves them out."""
+    """A verb module's schema, plus the options every verb has (``--threads``) where it leaves them out.
+
+    A verb whose options come from a registry (criteria, healing methods) defines ``options()`` instead of a fixed
+    ``OPTIONS``: it is called here, each time, so an entry registered since import brings its options.
+    """
     from .schema import options_of
 
-    names = {option.name for option in options_of(module.OPTIONS)}
-    return [*module.OPTIONS, *(option for option in COMMON_OPTIONS if option.name not in names)]
+    schema = module.options() if hasattr(module, "options") else module.OPTIONS
+    names = {option.name for option in options_of(schema)}
+    return [*schema, *(option for option in COMMON_OPTIONS if option.name not in names)]

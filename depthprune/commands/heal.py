@@ -90,12 +90,6 @@ def options() -> list:
     ]
 
 
-def __getattr__(name):
-    if name == "OPTIONS":
-        return options()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 # Options that are HealConfig fields (None: the preset's), by option name -> field name.
 RECIPE_OPTIONS = {name: name for name in (
     "rank", "alpha", "dropout", "targets", "qlora_fallback", "max_steps", "lr", "warmup_steps", "schedule",

@@ -50,12 +50,6 @@ def options() -> list:
     ]
 
 
-def __getattr__(name):
-    if name == "OPTIONS":
-        return options()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def epilog() -> str:
     """``--help``'s closing list of the registered criteria."""
     from .criteria import criteria_epilog

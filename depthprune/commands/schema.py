@@ -1,6 +1,7 @@
 """One typed definition per verb, from which its command line, its recipe steps and its Python API are derived.
 
-A verb module lists its options as ``OPTIONS = [Option(...), ...]``. :func:`add_options` turns the list into
+A verb module lists its options as ``OPTIONS = [Option(...), ...]`` (or returns them from ``options()`` where a
+registry supplies some). :func:`add_options` turns the list into
 argparse options, the recipe runner validates step keys against it (:func:`find_option`) and ``depthprune.api``
 builds the verb's Python function from it (:func:`api_namespace`, :func:`api_signature`), so a default, a choice or
 a name is written once. The names are the Python names (``seq_len``); a flag is the name with dashes
