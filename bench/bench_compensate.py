@@ -32,10 +32,14 @@ def main() -> int:
     parser.add_argument("--criteria", default="bi,angular,ppl,taylor,magnitude")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--n", type=int, default=8, help="layers removed")
-    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--samples", type=int, default=32, help="calibration blocks for scoring (and fitting)")
+    parser.add_argument("--fit-samples", type=int, default=None,
+                        help="calibration blocks for the compensation fits (default: --samples)")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--windows", type=int, default=32, help="WikiText-2 windows of 256 tokens")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--scores", default=None,
+                        help="a scores.json folder: reused when it holds one (SLEB is slow), else written there")
     parser.add_argument("--output", default=None, help="write every figure as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -52,16 +56,23 @@ def main() -> int:
     loaded = depthprune.load_model("smollm2-135m")
     model, tokenizer = loaded.model, loaded.tokenizer
     spec = DataSpec(source=str(SHARED / "c4" / "c4_validation_2k.jsonl"), samples=args.samples, seq_len=args.seq_len)
-    ids = calibration_blocks(spec, tokenizer, model=model)
+    fit_spec = spec if args.fit_samples is None else DataSpec(source=spec.source, samples=args.fit_samples,
+                                                                 seq_len=args.seq_len)
+    ids = calibration_blocks(fit_spec, tokenizer, model=model)
     text = load_ppl_text("wikitext2", SHARED)
 
     def wikitext(candidate) -> float:
         return token_perplexity(candidate, tokenizer, text, seq_len=256, max_windows=args.windows)["ppl"]
 
     started = time.perf_counter()
-    scores = score(loaded, metrics=args.criteria, data=spec)
+    if args.scores and (Path(args.scores) / "scores.json").is_file():
+        scores = json.loads((Path(args.scores) / "scores.json").read_text())
+    else:
+        scores = score(loaded, metrics=args.criteria, data=spec, output=args.scores, plots=False,
+                       sleb_n=args.n if "sleb" in args.criteria else None)
     results = {"machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-                          f"{args.threads} thread(s)", "calibration": spec.describe(), "windows": args.windows,
+                          f"{args.threads} thread(s)", "calibration": spec.describe(),
+               "fit_calibration": fit_spec.describe(), "windows": args.windows,
                "n": args.n, "scoring_s": round(time.perf_counter() - started, 1), "dense": wikitext(model),
                "rows": []}
     print(f"dense WikiText-2 ppl@256 ({args.windows} windows): {results['dense']:.2f}", flush=True)

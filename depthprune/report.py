@@ -148,7 +148,7 @@ def _compensation_tables(step: StepArtifacts) -> list[Table]:
                      error, str(len(gap.get("folded_into") or []))])
     quality = record.calibration_ppl or {}
     if quality:
-        rows.append(["calibration perplexity (in-sample)", "", "dense " + _fmt(quality.get("dense")),
+        rows.append([f"calibration perplexity (in-sample, {quality.get('tokens', record.calibration_tokens)} tokens)", "", "dense " + _fmt(quality.get("dense")),
                      f"pruned {_fmt(quality.get('pruned'))} -> compensated {_fmt(quality.get('compensated'))}", ""])
     title = (f"Compensation — {record.method} ({', '.join(f'{k}={_fmt(v)}' for k, v in record.settings.items())}; "
              f"{record.calibration_tokens or '?'} calibration tokens; original numbering)")

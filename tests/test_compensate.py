@@ -161,9 +161,32 @@ def test_compensated_linear_lowers_the_stream_error_and_changes_one_tensor():
     assert gap["folded_into"] == ["model.layers.1.mlp.down_proj"]
     assert gap["mse_compensated"] < gap["mse_plain"] and 0 <= gap["error_left"] < 1
     assert record["calibration_tokens"] == 6 * 24 and set(record["calibration_ppl"]) == {"dense", "pruned",
-                                                                                          "compensated"}
+                                                                                          "compensated", "tokens"}
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, plain.state_dict()[k])]
     assert changed == ["model.layers.1.mlp.down_proj.weight"]
+
+
+def _perplexity_by_hand(model, ids) -> float:
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).double(), ids[:, 1:].flatten())
+    return float(torch.exp(nll))
+
+
+def test_record_perplexities_are_measured_on_the_leading_blocks_only(monkeypatch):
+    import depthprune.compensate as compensation
+
+    monkeypatch.setattr(compensation, "MEASURE_TOKENS", 50)     # batches of 2 x 24 tokens: the first two reach it
+    model, ids = tiny_model("llama", num_layers=6), _ids(samples=12)
+    dense, plain = copy.deepcopy(model), copy.deepcopy(model)
+    apply_plan(plain, _plan(6, [2, 3]))
+    record = compensate(model, _plan(6, [2, 3]), "linear", ids, batch_size=2, show_progress=False)
+    quality, leading = record["calibration_ppl"], ids[:4]
+    assert record["calibration_tokens"] == 12 * 24 and quality["tokens"] == 4 * 24    # the fit saw all twelve
+    assert quality["dense"] == pytest.approx(_perplexity_by_hand(dense, leading), rel=1e-5)
+    assert quality["pruned"] == pytest.approx(_perplexity_by_hand(plain, leading), rel=1e-5)
+    assert quality["compensated"] == pytest.approx(_perplexity_by_hand(model, leading), rel=1e-5)
+    assert quality["dense"] != pytest.approx(_perplexity_by_hand(dense, ids), rel=1e-5)
 
 
 def test_several_gaps_sequential_fit_uses_the_compensated_model_and_differs_from_the_dense_fit():

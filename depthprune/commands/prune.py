@@ -128,7 +128,8 @@ def print_compensation(output) -> None:
     quality = record.get("calibration_ppl") or {}
     if quality:
         print(f"compensated ({record['method']}): calibration perplexity dense {quality['dense']:.4g}, pruned "
-              f"{quality['pruned']:.4g} -> compensated {quality['compensated']:.4g} (in-sample)")
+              f"{quality['pruned']:.4g} -> compensated {quality['compensated']:.4g} (in-sample, "
+              f"{quality.get('tokens', record.get('calibration_tokens'))} tokens)")
 
 
 def call(args):
