@@ -46,6 +46,7 @@ def main() -> int:
     parser.add_argument("--fit-samples", type=int, default=32, help="C4 blocks of 256 tokens the compensation fits on")
     parser.add_argument("--method", default="distill", help="lora | full | distill")
     parser.add_argument("--top-k", type=int, default=64, help="distill: the cached teacher's top k (0: on the fly)")
+    parser.add_argument("--top-k-norm", default="top-k", help="distill with --top-k: top-k | vocab")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--schedule", default="cosine", help="cosine | constant (after the warm-up)")
     parser.add_argument("--warmup-steps", type=int, default=10)
@@ -128,6 +129,8 @@ def main() -> int:
                 "save_every": 10**9, "eval_samples": 0}
     if args.method == "distill":
         settings["top_k"] = args.top_k
+        if args.top_k:
+            settings["top_k_norm"] = args.top_k_norm
     stopped = "budget"
     try:
         heal(student, data=DataSpec(source=str(C4), samples=0, seq_len=args.seq_len), output=work / "healed",

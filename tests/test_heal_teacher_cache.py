@@ -56,13 +56,45 @@ def test_topk_loss_is_the_renormalised_kl_worked_by_hand():
     assert topk_kd_loss(student, top.values, top.indices, temperature=2.0).item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_cached_teacher_equals_the_teacher_on_the_fly_and_runs_once(checkpoints, tmp_path, monkeypatch):
+def test_vocab_normalised_topk_loss_worked_by_hand_counts_the_mass_outside_the_top_k():
+    # the same teacher and student: over the whole vocabulary q = (1, 3) / Z at tokens 0 and 1, Z = 4 + 2 e^7
+    teacher = torch.tensor([[[2.0, 1.0, 0.0, -5.0]]])
+    student = torch.tensor([[[0.0, math.log(3.0), 7.0, 7.0]]])
+    top = teacher.topk(2, dim=-1)
+    p0, p1 = math.e / (math.e + 1), 1 / (math.e + 1)
+    z = 4 + 2 * math.exp(7)
+    expected = p0 * math.log(p0 / (1 / z)) + p1 * math.log(p1 / (3 / z))
+    loss = topk_kd_loss(student, top.values, top.indices, student_norm="vocab")
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    # moving mass off tokens 2 and 3 lowers the vocab loss; the renormalised loss cannot see it
+    shifted = student - torch.tensor([0.0, 0.0, 10.0, 10.0])
+    assert topk_kd_loss(shifted, top.values, top.indices, student_norm="vocab") < loss
+    assert topk_kd_loss(shifted, top.values, top.indices).item() == pytest.approx(
+        topk_kd_loss(student, top.values, top.indices).item(), rel=1e-6)
+    # the student matching the teacher on the top-k and nothing elsewhere: zero
+    exact = torch.tensor([[[1.0, 0.0, -1e4, -1e4]]])
+    assert topk_kd_loss(exact, top.values, top.indices, student_norm="vocab").item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_top_k_norm_needs_top_k_and_a_known_name():
+    from depthprune.heal.config import HealConfig
+
+    with pytest.raises(DepthpruneError, match="--top-k-norm applies to --top-k K only"):
+        HealConfig(method="distill", top_k_norm="vocab")
+    with pytest.raises(DepthpruneError, match="--top-k-norm"):
+        HealConfig(method="distill", top_k=8, top_k_norm="full")
+    with pytest.raises(DepthpruneError, match="top_k_norm|top-k-norm"):
+        HealConfig(method="lora", top_k_norm="vocab")       # another method's setting would be ignored
+
+
+@pytest.mark.parametrize("top_k_norm", ["top-k", "vocab"])
+def test_cached_teacher_equals_the_teacher_on_the_fly_and_runs_once(checkpoints, tmp_path, monkeypatch, top_k_norm):
     import depthprune.heal.healing
 
     base_dir, pruned_dir = checkpoints
     cache_root = tmp_path / "cache"
-    cached = _heal(pruned_dir, tmp_path / "cached", teacher_cache=cache_root)
-    on_the_fly = _heal(pruned_dir, tmp_path / "fly", teacher_cache="off")
+    cached = _heal(pruned_dir, tmp_path / "cached", teacher_cache=cache_root, top_k_norm=top_k_norm)
+    on_the_fly = _heal(pruned_dir, tmp_path / "fly", teacher_cache="off", top_k_norm=top_k_norm)
     record = cached.metadata["healing"]["teacher_cache"]
     assert record["made_by_this_run"] and record["top_k"] == TOP_K
     assert cached.metadata["healing"]["teacher_weight_bytes"] is None        # not held while training
@@ -93,7 +125,7 @@ def test_cached_teacher_equals_the_teacher_on_the_fly_and_runs_once(checkpoints,
     # a second run on the same blocks reads the cache: the teacher is not loaded at all
     monkeypatch.setattr(depthprune.heal.healing, "load_teacher",
                         lambda *a, **k: pytest.fail("the teacher was loaded although its logits are cached"))
-    again = _heal(pruned_dir, tmp_path / "again", teacher_cache=cache_root)
+    again = _heal(pruned_dir, tmp_path / "again", teacher_cache=cache_root, top_k_norm=top_k_norm)
     assert not again.metadata["healing"]["teacher_cache"]["made_by_this_run"]
     assert again.metadata["healing"]["train_losses"] == cached.metadata["healing"]["train_losses"]
 

@@ -10,7 +10,7 @@ in depthprune.json. Multi-GPU: ``accelerate launch [--config_file examples/accel
 from __future__ import annotations
 
 from ..data import DataSpec
-from ..heal.config import SCHEDULES, TARGET_NAMES, TRAIN_LAYER_CHOICES
+from ..heal.config import SCHEDULES, TARGET_NAMES, TOP_K_NORMS, TRAIN_LAYER_CHOICES
 from .common import COMMON_OPTIONS, data_options, output_options
 from .schema import Option, Renamed
 
@@ -66,6 +66,10 @@ def options() -> list:
         Option("top_k", int, group=RECIPE, metavar="K",
                help="distillation over the teacher's top K next tokens (renormalised KL), its logits computed once and "
                     "cached on disk (6*K bytes per token); 0: the whole vocabulary, teacher on the fly (default: 0)"),
+        Option("top_k_norm", choices=TOP_K_NORMS, group=RECIPE,
+               help="with --top-k: renormalise the student over the K tokens too (top-k, LinearPatch/Minitron) or "
+                    "take its full-vocabulary probabilities there, so that mass outside them counts (vocab) "
+                    "(default: top-k)"),
         Option("teacher_cache", group=RECIPE, metavar="DIR",
                help="with --top-k: where cached teacher logits live (default: $DEPTHPRUNE_CACHE/teacher-topk; reused "
                     "by every run on the same blocks), or 'off' to run the teacher on the fly"),
@@ -94,7 +98,7 @@ def options() -> list:
 RECIPE_OPTIONS = {name: name for name in (
     "rank", "alpha", "dropout", "targets", "qlora_fallback", "max_steps", "lr", "warmup_steps", "schedule",
     "weight_decay", "batch_size", "grad_accum", "temperature", "lm_loss_weight", "eval_every", "eval_samples",
-    "save_every", "seq_len", "seed", "max_loss_ratio", "max_grad_norm", "top_k", "train_layers")} | \
+    "save_every", "seq_len", "seed", "max_loss_ratio", "max_grad_norm", "top_k", "top_k_norm", "train_layers")} | \
     {"train_tokens": "tokens"}
 
 

@@ -17,6 +17,7 @@ from .methods import HEALING_METHODS, Preset, all_presets
 TARGET_NAMES = ("mlp", "attn", "all")
 TRAIN_LAYER_CHOICES = ("all", "touched")
 SCHEDULES = ("cosine", "constant")
+TOP_K_NORMS = ("top-k", "vocab")     # the student's side of a top-K distillation loss (heal/distill.py)
 
 
 @dataclass
@@ -50,7 +51,8 @@ class HealConfig:
     # distillation (Minitron, arXiv 2408.11796)
     temperature: float = 1.0
     lm_loss_weight: float = 0.0         # loss = (1 - w) * KL(teacher || student) + w * LM loss
-    top_k: int = 0                      # 0: KL over the whole vocabulary; K: over the teacher's top K, renormalised
+    top_k: int = 0                      # 0: KL over the whole vocabulary; K: over the teacher's top K
+    top_k_norm: str = "top-k"           # top-k | vocab: over what the student's side of a top-K loss is normalised
     # what trains: every decoder layer, or only the kept layers next to each gap the pruning left
     train_layers: str = "all"           # all | touched
     # bookkeeping
@@ -74,7 +76,8 @@ class HealConfig:
         HEALING_METHODS.get(self.method)          # an unknown method names the registered ones
         for option, value, valid in (("--targets", self.targets, TARGET_NAMES),
                                      ("--train-layers", self.train_layers, TRAIN_LAYER_CHOICES),
-                                     ("--schedule", self.schedule, SCHEDULES)):
+                                     ("--schedule", self.schedule, SCHEDULES),
+                                     ("--top-k-norm", self.top_k_norm, TOP_K_NORMS)):
             if value not in valid:
                 raise DepthpruneError(unknown_name_message(option, value, valid))
         positive = {"rank": self.rank, "lr": self.lr, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
@@ -97,6 +100,9 @@ class HealConfig:
             raise DepthpruneError(f"--max-steps must be at least 1 (got {self.max_steps})")
         if self.tokens is not None and self.tokens < 1:
             raise DepthpruneError(f"--train-tokens must be at least 1 (got {self.tokens})")
+        if self.top_k == 0 and self.top_k_norm != "top-k":
+            raise DepthpruneError("--top-k-norm applies to --top-k K only (with --top-k 0 the KL covers the whole "
+                                  "vocabulary); add --top-k K or drop --top-k-norm")
         self._refuse_other_methods_settings()
 
     def _refuse_other_methods_settings(self) -> None:

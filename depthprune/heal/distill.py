@@ -3,9 +3,16 @@
 loss = (1 - w) * tau^2 * KL(p_teacher || p_student) + w * LM loss, with both distributions softened at
 temperature tau. With ``top_k`` 0 the KL covers the whole vocabulary and the teacher runs on the fly in the same
 process (its weights cost one more model in memory). With ``top_k`` K the KL covers the teacher's K most likely
-next tokens, both distributions renormalised over them (as LinearPatch, arXiv 2505.24680, and Minitron's top-K
-logit variant do), and the teacher's top-K logits are computed once and read back from a disk cache
-(:mod:`depthprune.heal.teacher_cache`): the teacher is not in memory while the student trains.
+next tokens, and the teacher's top-K logits are computed once and read back from a disk cache
+(:mod:`depthprune.heal.teacher_cache`): the teacher is not in memory while the student trains. How the student's
+side is normalised (``top_k_norm``):
+
+- ``top-k``: both distributions renormalised over the K tokens (as LinearPatch, arXiv 2505.24680, and Minitron's
+  top-K logit variant do). The loss then sees only the student's *relative* logits among the K: the mass it puts on
+  the other tokens is free, so next-token perplexity stops improving early (bench/RESULTS.md).
+- ``vocab``: the student's full-vocabulary probabilities at the K tokens, against the teacher's renormalised ones:
+  sum_k p_k (log p_k - log q_k). The student's mass outside the K counts as loss (q sums to at most 1 there, so the
+  loss is >= 0 and 0 only when the student puts all its mass on the K in the teacher's proportions).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import torch.nn.functional as F
 from ..errors import DepthpruneError
 from ..loading import MODEL_ALIASES, LoadedModel, load_model
 from ..saving import read_metadata
+from .config import TOP_K_NORMS
 from .full import make_trainable
 from .methods import HealingMethod, Preset, register
 
@@ -41,21 +49,29 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 
 
 def topk_kd_loss(student_logits: torch.Tensor, teacher_values: torch.Tensor, teacher_indices: torch.Tensor,
-                 temperature: float = 1.0) -> torch.Tensor:
-    """Mean over positions of ``tau^2 * KL(p || q)`` where p and q are the teacher's and the student's next-token
-    distributions restricted to the teacher's top-k tokens and renormalised there, in float32.
+                 temperature: float = 1.0, student_norm: str = "top-k") -> torch.Tensor:
+    """Mean over positions of ``tau^2 * sum_k p_k (log p_k - log q_k)`` over the teacher's top-k tokens, in float32:
+    p is the teacher's distribution renormalised over them; q the student's, renormalised over them (``top-k``: a
+    KL) or over the whole vocabulary (``vocab``).
 
     Args:
         student_logits: ``(batch, seq, vocab)``.
         teacher_values: the teacher's top-k logits ``(batch, seq, k)`` (any float dtype; fp16 from the cache).
         teacher_indices: their token ids ``(batch, seq, k)``.
+        student_norm: ``top-k`` or ``vocab`` (see the module docstring).
     """
     if student_logits.shape[:2] != teacher_values.shape[:2] or teacher_values.shape != teacher_indices.shape:
         raise DepthpruneError(f"teacher top-k logits {tuple(teacher_values.shape)} do not fit the student's "
                               f"{tuple(student_logits.shape)}; the teacher must share the student's tokenizer")
     # gather picks k logits per position: the student's full-vocabulary softmax is never formed
-    student_topk = student_logits.gather(-1, teacher_indices.long()).float()             # (batch, seq, k)
-    log_q = F.log_softmax(student_topk / temperature, dim=-1)
+    student_topk = student_logits.gather(-1, teacher_indices.long()).float() / temperature    # (batch, seq, k)
+    if student_norm == "top-k":
+        log_q = F.log_softmax(student_topk, dim=-1)
+    elif student_norm == "vocab":
+        # log q_k = s_k / tau - logsumexp over the vocabulary: one (batch, seq) reduction, no (.., vocab) softmax kept
+        log_q = student_topk - torch.logsumexp(student_logits.float() / temperature, dim=-1, keepdim=True)
+    else:
+        raise DepthpruneError(f"unknown top-k normalisation {student_norm!r}; use one of {', '.join(TOP_K_NORMS)}")
     log_p = F.log_softmax(teacher_values.float() / temperature, dim=-1)
     per_position = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1)    # (batch, seq)
     return per_position.mean() * temperature ** 2
@@ -115,4 +131,4 @@ DISTILL = register(HealingMethod(
                     "logit distillation from the unpruned teacher",
                     dict(method="distill", temperature=1.0, lm_loss_weight=0.0, lr=1e-4, betas=(0.9, 0.95),
                          weight_decay=0.1, schedule="cosine", warmup_steps=100)),),
-    make_student=make_trainable, settings=("temperature", "lm_loss_weight", "top_k"), uses_teacher=True))
+    make_student=make_trainable, settings=("temperature", "lm_loss_weight", "top_k", "top_k_norm"), uses_teacher=True))

@@ -47,7 +47,7 @@ _PARTIAL_CHECKPOINT_NAME = re.compile(r"\.step-\d{8}\.tmp")
 # run is to lower it and resume), and so may eval_every, save_every, max_grad_norm and max_loss_ratio.
 RESUME_KEYS = ("method", "rank", "alpha", "dropout", "targets", "betas", "weight_decay", "batch_size", "grad_accum",
                "seq_len", "seed", "schedule", "warmup_steps", "max_steps", "tokens", "eval_samples", "temperature",
-               "lm_loss_weight", "top_k", "train_layers")
+               "lm_loss_weight", "top_k", "top_k_norm", "train_layers")
 # Loss history the divergence check compares a step with (a running median, robust to single noisy batches).
 DIVERGENCE_WINDOW = 32
 DIVERGENCE_MIN_HISTORY = 3
@@ -248,14 +248,16 @@ def training_loss(model, batch: Mapping[str, torch.Tensor], config: HealConfig, 
     student = logits[:, :-1]                                    # a view: (batch, seq - 1, vocab)
     if teacher_cache is not None:
         values, indices = teacher_cache.lookup(batch["block_index"])     # (batch, seq - 1, k) each
-        distill = topk_kd_loss(student, values.to(logits.device), indices.to(logits.device), config.temperature)
+        distill = topk_kd_loss(student, values.to(logits.device), indices.to(logits.device), config.temperature,
+                               config.top_k_norm)
     else:
         with torch.no_grad(), (accelerator.autocast() if accelerator is not None else nullcontext()):
             teacher_logits = teacher(input_ids=input_ids).logits[:, :-1]
         if config.top_k:
             top = teacher_logits.float().topk(config.top_k, dim=-1)
             # rounded as the cache stores them, so the on-the-fly and the cached teacher give one loss
-            distill = topk_kd_loss(student, top.values.to(torch.float16), top.indices, config.temperature)
+            distill = topk_kd_loss(student, top.values.to(torch.float16), top.indices, config.temperature,
+                                   config.top_k_norm)
         else:
             distill = kd_loss(student, teacher_logits, config.temperature)
     if config.lm_loss_weight == 0.0:
