@@ -11,6 +11,7 @@ import copy
 import io
 import json
 import logging
+import math
 import re
 import shutil
 import tempfile
@@ -127,7 +128,8 @@ def sweep_figure(result: dict):
 
     Perplexity panels are log-scaled with ticks at 1-2-5 steps and capped at 100x the best value, so that a
     catastrophic criterion (the last-n chop reaches 1e9 on small models) does not flatten the others; capped points
-    are drawn as triangles on the top edge, labelled with their true value.
+    are drawn as triangles at the cap, labelled above it with their true value (the labels of one x stacked, so that
+    they never print over each other or over a point). The legend sits beside the panel, where it cannot cover a curve.
     """
     import matplotlib
 
@@ -139,7 +141,7 @@ def sweep_figure(result: dict):
     metrics = [k for k in point_metrics(points[0]) if k != "heal_final_loss"]   # the title says healed
     columns = min(len(metrics), 2)
     rows = (len(metrics) + columns - 1) // columns
-    figure, axes = plt.subplots(rows, columns, figsize=(7.5 * columns, 4.8 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(9.0 * columns, 4.8 * rows), squeeze=False)
     for axis, metric in zip(axes.flat, metrics):
         is_ppl = metric.endswith("_ppl") or "_ppl@" in metric
         values = [p[metric] for p in points if p.get(metric) is not None]
@@ -147,7 +149,7 @@ def sweep_figure(result: dict):
         dense = next((p[metric] for p in points if p["n"] == 0 and p.get(metric) is not None), None)
         if dense is not None:
             axis.axhline(dense, color="0.35", linestyle="--", linewidth=1.2, label=f"dense ({_compact_number(dense)})")
-        colours = {}
+        colours, capped_at_x = {}, {}     # x -> labels already stacked under the cap there
         for method in result["methods"]:
             line = sorted((p["n"], p[metric]) for p in points if p["method"] == method and p.get(metric) is not None
                           and p["n"] > 0)
@@ -163,14 +165,22 @@ def sweep_figure(result: dict):
             for x, y in line:
                 if cap and y > cap:
                     axis.plot([x], [cap], linestyle="none", marker="^", markersize=10, color=drawn.get_color())
-                    axis.annotate(_compact_number(y), (x, cap), xytext=(0, -14), textcoords="offset points",
-                                  ha="center", fontsize=7, color=drawn.get_color())
+                    below = capped_at_x.get(x, 0)
+                    capped_at_x[x] = below + 1
+                    # above the triangles, where no point is drawn (every point is at or below the cap)
+                    axis.annotate(_compact_number(y), (x, cap), xytext=(0, 7 + 9 * below), textcoords="offset points",
+                                  ha="center", va="bottom", fontsize=7, color=drawn.get_color())
         if is_ppl:
             axis.set_yscale("log")
+            if capped_at_x:     # room above the cap for the stacked true-value labels
+                axis.set_ylim(top=cap * 10 ** (0.16 * (1 + max(capped_at_x.values()))))
             axis.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-            axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: _compact_number(value)))
+            # no tick labels above the cap: the points drawn there are not at their value
+            top = cap * 1.0001 if capped_at_x else math.inf
+            axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _, top=top: _compact_number(value)
+                                                         if value <= top else ""))
             axis.yaxis.set_minor_formatter(NullFormatter())
-            axis.set_ylabel("perplexity (log scale; ▲ off the scale, true value below)")
+            axis.set_ylabel("perplexity (log scale; ▲ off the scale, true value above)")
         else:
             axis.set_ylabel(_task_and_measure(metric)[1] or metric)
         axis.set_xlabel(f"layers removed (of {result['num_layers']})")
@@ -178,7 +188,7 @@ def sweep_figure(result: dict):
         healed = f" — healed {result['heal']['steps']} steps" if result.get("heal") else ""
         axis.set_title(metric_title(metric, result) + healed, fontsize=10)
         axis.grid(alpha=0.3, which="major")
-        axis.legend(fontsize=9, title="criterion")
+        axis.legend(fontsize=9, title="criterion", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     for axis in list(axes.flat)[len(metrics):]:
         axis.set_visible(False)
     name = result.get("model_source") or Path(str(result["model"])).name

@@ -57,6 +57,27 @@ def test_sweep_figure_labels_off_scale_points_with_true_values_and_draws_dense()
     plt.close(figure)
 
 
+def test_capped_labels_of_one_x_do_not_overlap_and_the_legend_covers_no_data():
+    import matplotlib.pyplot as plt
+
+    result = _sweep_result()
+    result["methods"].append("last+linear")      # a second off-scale point at n = 4, as last and last + linear were
+    result["points"] += [{"method": "last+linear", "n": n, "fraction": n / 30, "removed_layers": [],
+                          "wikitext2_ppl": value} for n, value in ((0, 40.0), (2, 300.0), (4, 1.4e4))]
+    figure = sweep_figure(result)
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    axis = figure.axes[0]
+    labels = [t for t in axis.texts if t.get_text() in ("1e9", "1.4e4")]
+    assert len(labels) == 2
+    first, second = (t.get_window_extent(renderer) for t in labels)
+    assert not first.overlaps(second)
+    legend = axis.get_legend().get_window_extent(renderer)
+    assert not legend.overlaps(axis.get_window_extent(renderer))      # beside the panel, not over the curves
+    assert legend.x1 <= figure.bbox.x1 + 1                            # and still inside the figure
+    plt.close(figure)
+
+
 @pytest.mark.parametrize("verb", sorted(COMMANDS))
 def test_help_states_each_default_once(verb, capsys):
     with pytest.raises(SystemExit):
